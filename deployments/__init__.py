@@ -1,0 +1,1 @@
+"""Model deployments: the BLIP captioner and the CLIP embedder."""

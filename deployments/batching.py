@@ -1,0 +1,127 @@
+"""What both model deployments share around `@serve.batch`: per-item failure isolation,
+batch settings changed through `user_config`, input validation and liveness."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+# The ingress sends images already decoded and shrunk; anything bigger is a caller bug
+# and would waste a batch slot on a huge tensor.
+MAX_IMAGE_SIDE = 1024
+MAX_TEXT_CHARS = 2000
+
+
+class InvalidModelInput(ValueError):
+    """An item a model deployment refuses before it joins a batch."""
+
+
+class BatchSettings(BaseModel):
+    """Dynamic batching knobs; changed at runtime through the deployment's user_config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=8, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0.0, le=10.0)
+
+
+def apply_batch_settings(batch_method: Any, settings: BatchSettings) -> None:
+    """Retune a `@serve.batch` method in place; in-flight batches are unaffected."""
+    batch_method.set_max_batch_size(settings.max_batch_size)
+    batch_method.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+
+def current_batch_settings(batch_method: Any) -> BatchSettings:
+    # Ray exposes the getters on the batch wrapper under private names only.
+    return BatchSettings(
+        max_batch_size=batch_method._get_max_batch_size(),
+        batch_wait_timeout_s=batch_method._get_batch_wait_timeout_s(),
+    )
+
+
+def replica_tag() -> str:
+    """The Serve replica this runs in, or "local" for a plain instance."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return str(serve.get_replica_context().replica_tag)
+    except RayServeException:
+        return "local"
+
+
+def run_isolated(fn: Callable[[list[In]], Sequence[Out]], items: list[In]) -> list[Out | Exception]:
+    """Run `fn` on the whole batch; if that fails, retry each item alone so that one bad
+    item fails only its own request. `@serve.batch` would otherwise fail every request
+    in the batch with the same exception. Failures are returned, not raised: the
+    unbatched caller re-raises its own (see `unwrap`)."""
+    try:
+        return list(fn(items))
+    except Exception as batch_exc:
+        if len(items) == 1:
+            return [batch_exc]
+        logger.warning("batch of %d failed (%s); retrying items one by one", len(items), batch_exc)
+    outcomes: list[Out | Exception] = []
+    for item in items:
+        try:
+            outcomes.append(fn([item])[0])
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def unwrap(outcome: Out | Exception) -> Out:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def validate_image_array(image: Any) -> np.ndarray:
+    """A compact RGB image: uint8, HxWx3, both sides within MAX_IMAGE_SIDE."""
+    if not isinstance(image, np.ndarray):
+        raise InvalidModelInput(f"expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidModelInput(
+            f"expected a uint8 HxWx3 RGB array, got {image.dtype} {tuple(image.shape)}"
+        )
+    height, width = image.shape[:2]
+    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
+        raise InvalidModelInput(
+            f"image sides must be within 1..{MAX_IMAGE_SIDE}, got {width}x{height}"
+        )
+    return image
+
+
+def validate_text(text: Any) -> str:
+    if not isinstance(text, str):
+        raise InvalidModelInput(f"expected a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidModelInput("text is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidModelInput(f"text longer than {MAX_TEXT_CHARS} characters")
+    return text
+
+
+class Liveness:
+    """Lets `check_health` skip the probe forward pass while real traffic proves the
+    model works, and run it when the replica has been idle."""
+
+    def __init__(self, fresh_for_s: float = 30.0) -> None:
+        self._fresh_for_s = fresh_for_s
+        self._last_ok = 0.0
+
+    def mark_ok(self) -> None:
+        self._last_ok = time.monotonic()
+
+    def needs_probe(self) -> bool:
+        return time.monotonic() - self._last_ok > self._fresh_for_s

@@ -1,0 +1,121 @@
+"""BLIP captioning as a batched Ray Serve deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from transformers import BlipForConditionalGeneration, BlipProcessor
+
+from deployments.batching import (
+    BatchSettings,
+    Liveness,
+    apply_batch_settings,
+    current_batch_settings,
+    replica_tag,
+    run_isolated,
+    unwrap,
+    validate_image_array,
+)
+from deployments.model_loading import ModelSettings, load_pretrained
+from deployments.probe import probe_image
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+
+
+class CaptionerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: ModelSettings = Field(
+        default_factory=lambda: ModelSettings(model_id=DEFAULT_CAPTION_MODEL)
+    )
+    max_new_tokens: int = Field(default=20, ge=1, le=128)
+    num_beams: int = Field(default=1, ge=1, le=8)
+    # Conditional captioning: BLIP continues this text, e.g. "a photograph of".
+    prompt: str | None = None
+
+
+class CaptionerInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    device: str
+    dtype: str
+    replica: str
+    batching: BatchSettings
+
+
+@serve.deployment(
+    name="Captioner",
+    max_ongoing_requests=32,
+    ray_actor_options={"num_cpus": 1},
+    user_config=BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.05).model_dump(),
+    health_check_period_s=30,
+)
+class Captioner:
+    """Captions one compact RGB image per call; calls are batched into one `generate`."""
+
+    def __init__(self, settings: CaptionerSettings | dict[str, Any] | None = None) -> None:
+        self.settings = CaptionerSettings.model_validate(settings or {})
+        self.model, self.processor, self.placement = load_pretrained(
+            BlipForConditionalGeneration, BlipProcessor, self.settings.model
+        )
+        self.model_id = self.settings.model.model_id
+        self._liveness = Liveness()
+        # Warm up now so that a broken model fails the replica at start, not a user request.
+        self._generate([probe_image()])
+        self._liveness.mark_ok()
+        logger.info("captioner ready: %s on %s", self.model_id, self.placement)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        settings = BatchSettings.model_validate(user_config)
+        apply_batch_settings(self._caption_batch, settings)
+        logger.info("captioner batching: %s", settings)
+
+    async def caption(self, image: np.ndarray) -> str:
+        validate_image_array(image)
+        return unwrap(await self._caption_batch(image))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def _caption_batch(self, images: list[np.ndarray]) -> list[str | Exception]:
+        # The forward pass runs in a thread so the replica keeps queueing the next batch.
+        outcomes = await asyncio.to_thread(run_isolated, self._generate, images)
+        if any(not isinstance(o, Exception) for o in outcomes):
+            self._liveness.mark_ok()
+        return outcomes
+
+    def _generate(self, images: list[np.ndarray]) -> list[str]:
+        text = [self.settings.prompt] * len(images) if self.settings.prompt else None
+        inputs = self.processor(images=images, text=text, return_tensors="pt")
+        inputs = inputs.to(self.placement.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.placement.dtype)
+        with torch.inference_mode():
+            tokens = self.model.generate(
+                **inputs,
+                max_new_tokens=self.settings.max_new_tokens,
+                num_beams=self.settings.num_beams,
+                do_sample=False,
+            )
+        captions = self.processor.batch_decode(tokens, skip_special_tokens=True)
+        return [caption.strip() for caption in captions]
+
+    async def check_health(self) -> None:
+        if self._liveness.needs_probe():
+            await asyncio.to_thread(self._generate, [probe_image(32)])
+            self._liveness.mark_ok()
+
+    def info(self) -> CaptionerInfo:
+        return CaptionerInfo(
+            model_id=self.model_id,
+            device=str(self.placement.device),
+            dtype=str(self.placement.dtype).removeprefix("torch."),
+            replica=replica_tag(),
+            batching=current_batch_settings(self._caption_batch),
+        )

@@ -1,0 +1,135 @@
+"""Loading Hugging Face models: where they come from, which device and dtype they run in.
+
+Kept apart from request handling so that the deployments, the benchmarks and the tests
+all load models the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+DeviceChoice = Literal["auto", "cpu", "cuda"] | str
+DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class ModelSettings(BaseModel):
+    """Which model to load and how; the same shape for both model deployments."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str = Field(description="Hugging Face hub id or a local directory.")
+    device: DeviceChoice = "auto"
+    dtype: DtypeChoice = "auto"
+    # torch intra-op threads; match it to the CPUs the replica reserves so that
+    # replicas sharing a machine do not oversubscribe the cores.
+    num_threads: int | None = Field(default=None, ge=1)
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    dtype: torch.dtype
+
+
+M = TypeVar("M")
+P = TypeVar("P")
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matmul (AMX or AVX512-BF16), where bf16 is several
+    times faster than float32; elsewhere bf16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    # Not Linux: torch reports the best ISA it dispatches to.
+    return torch.backends.cpu.get_cpu_capability() in {"AVX512_BF16", "AMX"}
+
+
+def resolve_placement(device: str = "auto", dtype: str = "auto") -> Placement:
+    """Turn the `auto` choices into a concrete device and dtype."""
+    if device == "auto":
+        resolved_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        resolved_device = torch.device(device)
+        if resolved_device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} was requested but CUDA is not available")
+    if dtype == "auto":
+        fast_bf16 = (
+            torch.cuda.is_bf16_supported()
+            if resolved_device.type == "cuda"
+            else cpu_has_fast_bf16()
+        )
+        resolved_dtype = torch.bfloat16 if fast_bf16 else torch.float32
+    else:
+        try:
+            resolved_dtype = _DTYPES[dtype]
+        except KeyError:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}") from None
+    return Placement(resolved_device, resolved_dtype)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read when loading (huggingface_hub reads it only at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_pretrained(
+    model_cls: type[M],
+    processor_cls: type[P],
+    settings: ModelSettings,
+) -> tuple[M, P, Placement]:
+    """Load a model and its processor from a hub id or a local directory, in eval mode on
+    the resolved device and dtype. Fails loudly: a replica without its model is useless."""
+    if settings.num_threads is not None:
+        torch.set_num_threads(settings.num_threads)
+    placement = resolve_placement(settings.device, settings.dtype)
+    source = settings.model_id
+    local = Path(source).expanduser()
+    if local.is_dir():
+        source = str(local)
+    kwargs: dict[str, Any] = {"local_files_only": hub_offline() or local.is_dir()}
+    if settings.revision is not None:
+        kwargs["revision"] = settings.revision
+    logger.info(
+        "loading %s from %s on %s as %s (offline=%s)",
+        model_cls.__name__,
+        source,
+        placement.device,
+        placement.dtype,
+        kwargs["local_files_only"],
+    )
+    try:
+        processor = processor_cls.from_pretrained(source, **kwargs)  # type: ignore[attr-defined]
+        model = model_cls.from_pretrained(  # type: ignore[attr-defined]
+            source, dtype=placement.dtype, **kwargs
+        )
+    except Exception as exc:
+        raise RuntimeError(
+            f"could not load {model_cls.__name__} from {settings.model_id!r}: {exc}"
+        ) from exc
+    model.to(placement.device)
+    model.eval()
+    return model, processor, placement

@@ -1,0 +1,1 @@
+"""HTTP ingress: API, image intake, stores and the application builder."""

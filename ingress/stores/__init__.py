@@ -1,0 +1,1 @@
+"""Vector and blob stores behind small protocols; one contract suite covers every backend."""

@@ -1,0 +1,92 @@
+"""The storage contract every backend implements."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ingress.records import ImageRecord, IndexedImage, Page, SearchHit
+
+
+class StoreError(Exception):
+    """A store failed in a way the caller cannot fix (maps to 502/503)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached (maps to 503)."""
+
+
+class StoreTimeout(StoreError):
+    """The store did not answer in time (maps to 504)."""
+
+
+class EmbeddingMismatch(StoreError):
+    """A vector of another model or dimension than the collection holds."""
+
+
+class BlobNotFound(KeyError):
+    """No blob under that key."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    data: bytes
+    content_type: str
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Image records with their vectors.
+
+    A store is bound to one embedding model and dimension; it refuses vectors of any
+    other (EmbeddingMismatch), at ensure_schema for an existing collection and at upsert.
+    """
+
+    embedding_model: str
+    dim: int
+
+    async def ensure_schema(self) -> None:
+        """Create the collection if missing; idempotent and safe to race from several processes."""
+
+    async def upsert(self, images: Sequence[IndexedImage]) -> None:
+        """Insert or replace by record id."""
+
+    async def get(self, image_id: str) -> ImageRecord | None: ...
+
+    async def get_vector(self, image_id: str) -> np.ndarray | None: ...
+
+    async def delete(self, image_id: str) -> bool:
+        """True when a record was removed, False when there was none."""
+
+    async def list(self, limit: int, cursor: str | None = None) -> Page:
+        """Records ordered by id; pass next_cursor back to get the following page."""
+
+    async def count(self) -> int: ...
+
+    # builtins.list: inside this class body `list` is the method above.
+    async def search(self, vector: np.ndarray, limit: int) -> builtins.list[SearchHit]:
+        """Nearest records by cosine similarity, best first."""
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Original image bytes under content-addressed keys."""
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Write atomically: a reader sees the whole blob or none."""
+
+    async def get(self, key: str) -> Blob:
+        """Raises BlobNotFound."""
+
+    async def delete(self, key: str) -> None:
+        """Idempotent: deleting a missing key is not an error."""
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,123 @@
+"""BlobStore on a local directory, shared by several replica processes.
+
+Each blob is two files: ``<root>/<key>`` (the bytes) and ``<root>/<key>.meta.json``
+(its content type). Both are written to a temp file in the same directory and renamed
+into place, sidecar first, so a reader that finds the data also finds its sidecar and
+never sees a partial file. Several processes writing one key at once is fine: the keys
+are content-addressed, and the last rename wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ingress.stores.base import Blob, BlobNotFound, StoreError
+
+SIDECAR_SUFFIX = ".meta.json"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_TEMP_PREFIX = ".tmp-"
+
+
+class LocalBlobStore:
+    """Blobs as files under one root directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        # Resolved once so that the escape check below compares real paths.
+        self.root = Path(root).resolve()
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        """Data and sidecar paths for key; ValueError for keys that could leave root."""
+        if not isinstance(key, str) or "\\" in key or "\x00" in key:
+            raise ValueError(f"invalid blob key {key!r}")
+        # Split by hand: pathlib would quietly drop "." and "//" and so accept more
+        # spellings than the one canonical key. An empty part means a leading "/"
+        # (absolute), "//" or a trailing "/"; a part starting with "." covers "..", "."
+        # and our own temp files. The sidecar suffix is reserved so that no key can
+        # overwrite another key's metadata.
+        parts = key.split("/")
+        if any(not part or part.startswith(".") for part in parts) or key.endswith(SIDECAR_SUFFIX):
+            raise ValueError(f"invalid blob key {key!r}")
+        data = self.root.joinpath(*parts)
+        return data, data.with_name(data.name + SIDECAR_SUFFIX)
+
+    def _inside(self, path: Path) -> Path:
+        # Catches a symlink inside root that points outside it. Touches the disk, so it
+        # runs in the worker thread with the IO it guards.
+        if not path.resolve().is_relative_to(self.root):
+            raise ValueError(f"blob path {path} escapes the store root")
+        return path
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        path, sidecar = self._paths(key)
+        meta = json.dumps({"content_type": content_type}).encode()
+        try:
+            await asyncio.to_thread(self._put_sync, path, sidecar, data, meta)
+        except OSError as e:
+            raise StoreError(f"could not write blob {key!r}: {e}") from e
+
+    async def get(self, key: str) -> Blob:
+        path, sidecar = self._paths(key)
+        try:
+            return await asyncio.to_thread(self._get_sync, path, sidecar)
+        except FileNotFoundError as e:
+            raise BlobNotFound(key) from e
+        except OSError as e:
+            raise StoreError(f"could not read blob {key!r}: {e}") from e
+
+    async def delete(self, key: str) -> None:
+        path, sidecar = self._paths(key)
+        try:
+            await asyncio.to_thread(self._delete_sync, path, sidecar)
+        except OSError as e:
+            raise StoreError(f"could not delete blob {key!r}: {e}") from e
+
+    async def exists(self, key: str) -> bool:
+        path, _ = self._paths(key)
+        return await asyncio.to_thread(lambda: self._inside(path).is_file())
+
+    async def close(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""
+
+    def _put_sync(self, path: Path, sidecar: Path, data: bytes, meta: bytes) -> None:
+        _write_atomic(self._inside(sidecar), meta)
+        _write_atomic(self._inside(path), data)
+
+    def _get_sync(self, path: Path, sidecar: Path) -> Blob:
+        # Sidecar first: put renames it before the data and delete removes it after, so
+        # once the data is readable the sidecar read here belongs to a complete put.
+        try:
+            content_type = json.loads(self._inside(sidecar).read_bytes())["content_type"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            # Missing or unreadable metadata should not make the bytes unreachable.
+            content_type = None
+        data = self._inside(path).read_bytes()
+        return Blob(data=data, content_type=content_type or DEFAULT_CONTENT_TYPE)
+
+    def _delete_sync(self, path: Path, sidecar: Path) -> None:
+        # Data first, so that no reader finds data without its sidecar.
+        self._inside(path).unlink(missing_ok=True)
+        self._inside(sidecar).unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory as the target: os.replace is only atomic within one filesystem.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            # Without fsync a crash after the rename can leave an empty file in place.
+            os.fsync(f.fileno())
+        # mkstemp makes the file 0600; blobs should be as readable as any written file.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub; loading must go through local files only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from tests.tiny_models import build_tiny_blip, build_tiny_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_blip(tmp_path_factory.mktemp("tiny-blip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole test session; Serve is shut down at the end."""
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def plain_batching() -> Iterator[None]:
+    """Lets `@serve.batch` run on a plain class under asyncio. Ray 2.60's batch queue only
+    needs the replica context for a warning about max_ongoing_requests; outside a
+    replica that lookup raises, so the warning is switched off and nothing else."""
+    from ray.serve import batching
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            batching._BatchQueue,
+            "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
+            lambda self: None,
+        )
+        yield

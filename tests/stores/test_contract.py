@@ -1,0 +1,583 @@
+"""The store contract: every VectorStore and BlobStore backend passes these tests.
+
+Backends come from the fixtures in conftest.py; nothing here names one, except the
+LanceDB-only section at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ingress.records import ImageRecord, IndexedImage, blob_key_for
+from ingress.stores.base import (
+    BlobNotFound,
+    BlobStore,
+    EmbeddingMismatch,
+    VectorStore,
+)
+from ingress.stores.lancedb_store import LanceDBVectorStore
+from ingress.stores.local_blobs import LocalBlobStore
+
+VectorStoreOpener = Callable[[str, int], VectorStore]
+BlobStoreOpener = Callable[[], BlobStore]
+
+# Ids in the multi-process tests are derived, so that the parent knows what to expect.
+_TEST_NAMESPACE = uuid.UUID("0e7d3f38-8a43-4c43-a0a4-2b0d1f6c9e55")
+_WORKERS = 4
+_PER_WORKER = 25
+_SHARED = 5
+_JOIN_TIMEOUT_S = 180
+
+
+# -- record factories -------------------------------------------------------------
+
+
+def unit_vector(rng: np.random.Generator, dim: int) -> np.ndarray:
+    v = rng.standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def make_record(embedding_model: str, image_id: str | None = None, **overrides: Any) -> ImageRecord:
+    image_id = image_id or str(uuid.uuid4())
+    sha = uuid.uuid5(_TEST_NAMESPACE, image_id).hex * 2  # 64 hex chars, like a sha256
+    fields: dict[str, Any] = {
+        "id": image_id,
+        "caption": f"a photo of {image_id[:8]}",
+        "width": 640,
+        "height": 480,
+        "content_type": "image/jpeg",
+        "size_bytes": 12345,
+        "sha256": sha,
+        "source_url": None,
+        "tags": [],
+        "created_at": datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc),
+        "caption_model": "test/blip-tiny",
+        "embedding_model": embedding_model,
+    }
+    fields.update(overrides)
+    return ImageRecord(**fields)
+
+
+def make_image(
+    rng: np.random.Generator, store: VectorStore, image_id: str | None = None, **overrides: Any
+) -> IndexedImage:
+    return IndexedImage(
+        record=make_record(store.embedding_model, image_id, **overrides),
+        vector=unit_vector(rng, store.dim),
+    )
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+async def fill(store: VectorStore, rng: np.random.Generator, n: int) -> list[IndexedImage]:
+    images = [make_image(rng, store) for _ in range(n)]
+    await store.upsert(images)
+    return images
+
+
+# -- VectorStore ------------------------------------------------------------------
+
+
+async def test_implements_protocol(vector_store: VectorStore) -> None:
+    assert isinstance(vector_store, VectorStore)
+
+
+async def test_ensure_schema_is_idempotent(
+    vector_store: VectorStore,
+    vector_store_opener: VectorStoreOpener,
+    embedding_spec: tuple[str, int],
+    rng: np.random.Generator,
+) -> None:
+    await vector_store.upsert([make_image(rng, vector_store)])
+    await vector_store.ensure_schema()
+    await vector_store.ensure_schema()
+    # A second store on the same collection opens it rather than recreating it.
+    other = vector_store_opener(*embedding_spec)
+    try:
+        await other.ensure_schema()
+        assert await other.count() == 1
+    finally:
+        await other.close()
+    assert await vector_store.count() == 1
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {
+            "source_url": "https://example.com/a%20b.jpg?x='1'",
+            "tags": ["cat", "sofa", "ünïcode"],
+            # Not UTC on purpose: the instant must survive, and come back tz-aware.
+            "created_at": datetime(
+                2023, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2))
+            ),
+            "caption": 'it\'s a "quoted" caption',
+        },
+    ],
+    ids=["minimal", "every-field"],
+)
+async def test_upsert_then_get_round_trips_every_field(
+    vector_store: VectorStore, rng: np.random.Generator, overrides: dict[str, Any]
+) -> None:
+    image = make_image(rng, vector_store, **overrides)
+    await vector_store.upsert([image])
+
+    got = await vector_store.get(image.record.id)
+    assert got is not None
+    assert got.model_dump() == image.record.model_dump()
+    assert got.created_at.tzinfo is not None
+    assert got.created_at == image.record.created_at
+
+    vector = await vector_store.get_vector(image.record.id)
+    assert vector is not None
+    assert vector.dtype == np.float32
+    np.testing.assert_allclose(vector, image.vector, rtol=0, atol=1e-7)
+
+
+async def test_upsert_same_id_replaces(vector_store: VectorStore, rng: np.random.Generator) -> None:
+    first = make_image(rng, vector_store, caption="first")
+    await vector_store.upsert([first])
+    second = make_image(rng, vector_store, image_id=first.record.id, caption="second")
+    await vector_store.upsert([second])
+
+    assert await vector_store.count() == 1
+    got = await vector_store.get(first.record.id)
+    assert got is not None and got.caption == "second"
+    vector = await vector_store.get_vector(first.record.id)
+    assert vector is not None
+    np.testing.assert_allclose(vector, second.vector, atol=1e-7)
+
+
+async def test_upsert_many_mixes_inserts_and_replacements(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    images = await fill(vector_store, rng, 5)
+    replaced = make_image(rng, vector_store, image_id=images[0].record.id, caption="new")
+    await vector_store.upsert([replaced, *(make_image(rng, vector_store) for _ in range(3))])
+    assert await vector_store.count() == 8
+    got = await vector_store.get(images[0].record.id)
+    assert got is not None and got.caption == "new"
+
+
+async def test_upsert_nothing_is_a_no_op(vector_store: VectorStore) -> None:
+    await vector_store.upsert([])
+    assert await vector_store.count() == 0
+
+
+@pytest.mark.parametrize("image_id", [str(uuid.uuid4()), "x' OR '1'='1", "", '"; --'])
+async def test_missing_ids(
+    vector_store: VectorStore, rng: np.random.Generator, image_id: str
+) -> None:
+    # Hostile ids must match nothing rather than everything.
+    await fill(vector_store, rng, 3)
+    assert await vector_store.get(image_id) is None
+    assert await vector_store.get_vector(image_id) is None
+    assert await vector_store.delete(image_id) is False
+    assert await vector_store.count() == 3
+
+
+async def test_delete_true_then_false(vector_store: VectorStore, rng: np.random.Generator) -> None:
+    images = await fill(vector_store, rng, 3)
+    target = images[1].record.id
+    assert await vector_store.delete(target) is True
+    assert await vector_store.get(target) is None
+    assert await vector_store.count() == 2
+    assert await vector_store.delete(target) is False
+    assert {r.id for r in (await vector_store.list(10)).records} == {
+        images[0].record.id,
+        images[2].record.id,
+    }
+
+
+async def test_count(vector_store: VectorStore, rng: np.random.Generator) -> None:
+    assert await vector_store.count() == 0
+    await fill(vector_store, rng, 7)
+    assert await vector_store.count() == 7
+
+
+async def list_all(store: VectorStore, limit: int) -> tuple[list[str], int]:
+    """Every id, page by page, and the number of pages it took."""
+    ids: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await store.list(limit, cursor)
+        pages += 1
+        assert len(page.records) <= limit
+        ids.extend(r.id for r in page.records)
+        if page.next_cursor is None:
+            return ids, pages
+        assert page.records, "a page with a next_cursor must not be empty"
+        cursor = page.next_cursor
+        assert pages <= 100, "cursor does not advance"
+
+
+@pytest.mark.parametrize("limit", [1, 4, 5, 20, 21, 100])
+async def test_list_pages_through_everything_in_id_order(
+    vector_store: VectorStore, rng: np.random.Generator, limit: int
+) -> None:
+    images = []
+    # Several upserts, so that a backend storing them in pieces is exercised too.
+    for _ in range(4):
+        images += await fill(vector_store, rng, 5)
+    expected = sorted(image.record.id for image in images)
+
+    ids, pages = await list_all(vector_store, limit)
+
+    assert ids == expected  # ordered, no duplicates, no gaps
+    assert pages == max(1, -(-len(expected) // limit))  # no empty trailing page
+
+
+async def test_list_returns_full_records(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    image = make_image(rng, vector_store, tags=["x"], source_url="https://e.x/1.png")
+    await vector_store.upsert([image])
+    page = await vector_store.list(10)
+    assert [r.model_dump() for r in page.records] == [image.record.model_dump()]
+    assert page.next_cursor is None
+
+
+async def test_list_empty(vector_store: VectorStore) -> None:
+    page = await vector_store.list(10)
+    assert page.records == [] and page.next_cursor is None
+
+
+@pytest.mark.parametrize("cursor", ["", "not a cursor", "%%%", "Zm9v", "AAAA", "djE6"])
+async def test_list_rejects_malformed_cursor(
+    vector_store: VectorStore, rng: np.random.Generator, cursor: str
+) -> None:
+    await fill(vector_store, rng, 3)
+    with pytest.raises(ValueError):
+        await vector_store.list(2, cursor)
+
+
+async def test_list_rejects_non_positive_limit(vector_store: VectorStore) -> None:
+    with pytest.raises(ValueError):
+        await vector_store.list(0)
+
+
+async def test_search_finds_the_exact_vector_first(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    images = await fill(vector_store, rng, 30)
+    target = images[17]
+
+    hits = await vector_store.search(target.vector, limit=5)
+
+    assert len(hits) == 5
+    assert hits[0].record.id == target.record.id
+    assert hits[0].record.model_dump() == target.record.model_dump()
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 30, 100])
+async def test_search_honours_limit(
+    vector_store: VectorStore, rng: np.random.Generator, limit: int
+) -> None:
+    await fill(vector_store, rng, 30)
+    hits = await vector_store.search(unit_vector(rng, vector_store.dim), limit=limit)
+    assert len(hits) == min(limit, 30)
+    assert len({hit.record.id for hit in hits}) == len(hits)
+
+
+async def test_search_empty(vector_store: VectorStore, rng: np.random.Generator) -> None:
+    assert await vector_store.search(unit_vector(rng, vector_store.dim), limit=5) == []
+
+
+async def test_search_scores_are_cosine_similarities(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    images = await fill(vector_store, rng, 40)
+    ids = np.array([image.record.id for image in images])
+    matrix = np.stack([image.vector for image in images]).astype(np.float64)
+    for _ in range(4):
+        # Not unit length: a score that is a dot product rather than a cosine fails here.
+        query = unit_vector(rng, vector_store.dim) * 3.5
+        expected = matrix @ query / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(query))
+        order = np.argsort(-expected)[:10]
+
+        hits = await vector_store.search(query, limit=10)
+
+        assert [hit.record.id for hit in hits] == list(ids[order])
+        np.testing.assert_allclose([hit.score for hit in hits], expected[order], atol=1e-5)
+
+
+async def test_upsert_refuses_wrong_dimension(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    good = make_image(rng, vector_store)
+    bad = IndexedImage(record=make_record(vector_store.embedding_model), vector=np.ones(3))
+    with pytest.raises(EmbeddingMismatch):
+        await vector_store.upsert([good, bad])
+    # All or nothing: the good record of a refused batch is not written either.
+    assert await vector_store.count() == 0
+
+
+async def test_upsert_refuses_another_models_record(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    image = IndexedImage(
+        record=make_record("someone/else"), vector=unit_vector(rng, vector_store.dim)
+    )
+    with pytest.raises(EmbeddingMismatch):
+        await vector_store.upsert([image])
+    assert await vector_store.count() == 0
+
+
+async def test_search_refuses_wrong_dimension(vector_store: VectorStore) -> None:
+    with pytest.raises(EmbeddingMismatch):
+        await vector_store.search(np.ones(vector_store.dim + 1, dtype=np.float32), limit=3)
+
+
+@pytest.mark.parametrize("change", ["model", "dim"])
+async def test_reopening_with_another_model_or_dim_is_refused(
+    vector_store: VectorStore,
+    vector_store_opener: VectorStoreOpener,
+    embedding_spec: tuple[str, int],
+    change: str,
+) -> None:
+    model, dim = embedding_spec
+    other = vector_store_opener(*(("other/model", dim) if change == "model" else (model, dim * 2)))
+    try:
+        with pytest.raises(EmbeddingMismatch):
+            await other.ensure_schema()
+    finally:
+        await other.close()
+    # The refused store did not damage the collection.
+    await vector_store.ensure_schema()
+    assert await vector_store.count() == 0
+
+
+# -- VectorStore from several processes ----------------------------------------------
+
+
+def _worker_image(model: str, dim: int, name: str) -> IndexedImage:
+    image_id = str(uuid.uuid5(_TEST_NAMESPACE, name))
+    seed = uuid.UUID(image_id).int % 2**32
+    vector = unit_vector(np.random.default_rng(seed), dim)
+    return IndexedImage(record=make_record(model, image_id, caption=name), vector=vector)
+
+
+def _vector_worker(opener: VectorStoreOpener, model: str, dim: int, n: int, barrier: Any) -> None:
+    async def main() -> None:
+        store = opener(model, dim)
+        # Everyone creates the collection at the same moment.
+        barrier.wait(timeout=60)
+        await store.ensure_schema()
+        # Straight on, while slower processes may still be creating the collection.
+        for i in range(_PER_WORKER):
+            await store.upsert([_worker_image(model, dim, f"w{n}-{i}")])
+        for i in range(_SHARED):
+            # The same new id from every process at the same moment: must not duplicate.
+            barrier.wait(timeout=60)
+            await store.upsert([_worker_image(model, dim, f"shared-{i}")])
+        await store.close()
+
+    asyncio.run(main())
+
+
+def _run_workers(target: Callable[..., None], args: Sequence[Any]) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(_WORKERS)
+    processes = [ctx.Process(target=target, args=(*args, n, barrier)) for n in range(_WORKERS)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(_JOIN_TIMEOUT_S)
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in processes] == [0] * _WORKERS
+
+
+async def test_several_processes_create_and_upsert_at_once(
+    vector_store_opener: VectorStoreOpener, embedding_spec: tuple[str, int]
+) -> None:
+    model, dim = embedding_spec
+    await asyncio.to_thread(_run_workers, _vector_worker, (vector_store_opener, model, dim))
+
+    names = [f"w{n}-{i}" for n in range(_WORKERS) for i in range(_PER_WORKER)]
+    names += [f"shared-{i}" for i in range(_SHARED)]
+    store = vector_store_opener(model, dim)
+    try:
+        await store.ensure_schema()
+        assert await store.count() == _WORKERS * _PER_WORKER + _SHARED
+        for name in names:
+            expected = _worker_image(model, dim, name)
+            got = await store.get(expected.record.id)
+            assert got is not None and got.caption == name
+        ids, _ = await list_all(store, 40)
+        assert ids == sorted(_worker_image(model, dim, name).record.id for name in names)
+    finally:
+        await store.close()
+
+
+# -- BlobStore ----------------------------------------------------------------------
+
+
+async def test_blob_store_implements_protocol(blob_store: BlobStore) -> None:
+    assert isinstance(blob_store, BlobStore)
+
+
+@pytest.mark.parametrize("size", [0, 1, 300_000])
+async def test_blob_round_trip(blob_store: BlobStore, size: int) -> None:
+    data = os.urandom(size)
+    key = blob_key_for(uuid.uuid4().hex * 2)
+    await blob_store.put(key, data, "image/png")
+    blob = await blob_store.get(key)
+    assert blob.data == data
+    assert blob.content_type == "image/png"
+
+
+async def test_blob_put_again_replaces(blob_store: BlobStore) -> None:
+    key = blob_key_for("ab" * 32)
+    await blob_store.put(key, b"one", "image/png")
+    await blob_store.put(key, b"two", "image/webp")
+    blob = await blob_store.get(key)
+    assert (blob.data, blob.content_type) == (b"two", "image/webp")
+
+
+async def test_blob_get_missing(blob_store: BlobStore) -> None:
+    with pytest.raises(BlobNotFound):
+        await blob_store.get(blob_key_for("cd" * 32))
+
+
+async def test_blob_exists_and_delete_is_idempotent(blob_store: BlobStore) -> None:
+    key = blob_key_for("ef" * 32)
+    assert await blob_store.exists(key) is False
+    await blob_store.delete(key)  # missing: not an error
+
+    await blob_store.put(key, b"bytes", "image/jpeg")
+    assert await blob_store.exists(key) is True
+
+    await blob_store.delete(key)
+    assert await blob_store.exists(key) is False
+    with pytest.raises(BlobNotFound):
+        await blob_store.get(key)
+    await blob_store.delete(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["", "..", "../x", "ab/../../x", "ab/../cd", "/etc/passwd", "ab/..", "./ab"]
+)
+async def test_blob_keys_cannot_traverse(blob_store: BlobStore, key: str) -> None:
+    with pytest.raises(ValueError):
+        await blob_store.put(key, b"x", "image/png")
+    with pytest.raises(ValueError):
+        await blob_store.get(key)
+    with pytest.raises(ValueError):
+        await blob_store.exists(key)
+    with pytest.raises(ValueError):
+        await blob_store.delete(key)
+
+
+# -- BlobStore from several processes -------------------------------------------------
+
+
+def _blob_payload(name: str) -> tuple[str, bytes]:
+    digest = uuid.uuid5(_TEST_NAMESPACE, name).hex * 2
+    # Big enough that a torn write would be visible to a reader.
+    data = np.random.default_rng(uuid.UUID(digest[:32]).int % 2**32).bytes(256 * 1024)
+    return blob_key_for(digest), data
+
+
+def _blob_worker(opener: BlobStoreOpener, n: int, barrier: Any) -> None:
+    async def main() -> None:
+        store = opener()
+        barrier.wait(timeout=60)
+        for i in range(10):
+            key, data = _blob_payload(f"w{n}-{i}")
+            await store.put(key, data, "image/png")
+            shared_key, shared = _blob_payload(f"shared-{i % 3}")
+            await store.put(shared_key, shared, "image/jpeg")
+            # Others are rewriting this key right now; a read sees a whole blob or fails.
+            blob = await store.get(shared_key)
+            assert blob.data == shared and blob.content_type == "image/jpeg"
+        await store.close()
+
+    asyncio.run(main())
+
+
+async def test_several_processes_put_blobs_at_once(blob_store_opener: BlobStoreOpener) -> None:
+    await asyncio.to_thread(_run_workers, _blob_worker, (blob_store_opener,))
+
+    store = blob_store_opener()
+    try:
+        names = [f"w{n}-{i}" for n in range(_WORKERS) for i in range(10)]
+        for name in [*names, "shared-0", "shared-1", "shared-2"]:
+            key, data = _blob_payload(name)
+            blob = await store.get(key)
+            assert blob.data == data
+            assert blob.content_type == ("image/jpeg" if name.startswith("shared") else "image/png")
+        if isinstance(store, LocalBlobStore):
+            leftovers = await asyncio.to_thread(lambda: list(store.root.rglob(".tmp-*")))
+            assert leftovers == []
+    finally:
+        await store.close()
+
+
+# -- LanceDB only --------------------------------------------------------------------
+
+
+async def test_lancedb_ann_index_only_past_threshold(tmp_path: Path) -> None:
+    store = LanceDBVectorStore(tmp_path / "db", "m", 16)
+    rng = np.random.default_rng(7)
+    images = await fill(store, rng, 300)
+    try:
+        assert await store.create_ann_index_if_large(threshold_rows=301) is False
+        assert await store.create_ann_index_if_large(threshold_rows=300) is True
+        # Already indexed: nothing more to build.
+        assert await store.create_ann_index_if_large(threshold_rows=300) is False
+        hits = await store.search(images[42].vector, limit=3)
+        # Re-ranked on full vectors, so the top score is still exact.
+        assert hits[0].record.id == images[42].record.id
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    finally:
+        await store.close()
+
+
+async def test_lancedb_store_reopens_after_close(tmp_path: Path) -> None:
+    store = LanceDBVectorStore(tmp_path / "db", "m", 16)
+    rng = np.random.default_rng(8)
+    await fill(store, rng, 2)
+    await store.close()
+    await store.close()
+    assert await store.count() == 2
+    await store.close()
+
+
+@pytest.mark.parametrize("key", ["ab/cd.meta.json", "ab/.tmp-1", "a\\b", "ab//cd", "ab/"])
+async def test_local_blob_store_reserved_keys(tmp_path: Path, key: str) -> None:
+    store = LocalBlobStore(tmp_path)
+    with pytest.raises(ValueError):
+        await store.put(key, b"x", "image/png")
+
+
+async def test_local_blob_store_refuses_symlink_out_of_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "ab").symlink_to(outside, target_is_directory=True)
+    store = LocalBlobStore(root)
+    with pytest.raises(ValueError):
+        await store.put("ab/" + "ab" * 32, b"x", "image/png")
+    assert list(outside.iterdir()) == []
