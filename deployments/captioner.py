@@ -52,14 +52,7 @@ class CaptionerInfo(BaseModel):
     batching: BatchSettings
 
 
-@serve.deployment(
-    name="Captioner",
-    max_ongoing_requests=32,
-    ray_actor_options={"num_cpus": 1},
-    user_config=BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.05).model_dump(),
-    health_check_period_s=30,
-)
-class Captioner:
+class BlipCaptioner:
     """Captions one compact RGB image per call; calls are batched into one `generate`."""
 
     def __init__(self, settings: CaptionerSettings | dict[str, Any] | None = None) -> None:
@@ -119,3 +112,13 @@ class Captioner:
             replica=replica_tag(),
             batching=current_batch_settings(self._caption_batch),
         )
+
+
+# Deployment defaults; serve_config.yaml overrides them per environment.
+Captioner = serve.deployment(
+    name="Captioner",
+    max_ongoing_requests=32,
+    ray_actor_options={"num_cpus": 1},
+    user_config=BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.05).model_dump(),
+    health_check_period_s=30,
+)(BlipCaptioner)

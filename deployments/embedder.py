@@ -59,14 +59,7 @@ class EmbedderInfo(BaseModel):
     batching: EmbedderBatching
 
 
-@serve.deployment(
-    name="Embedder",
-    max_ongoing_requests=64,
-    ray_actor_options={"num_cpus": 1},
-    user_config=EmbedderBatching().model_dump(),
-    health_check_period_s=30,
-)
-class Embedder:
+class ClipEmbedder:
     """Embeds compact RGB images and query texts into one L2-normalised float32 space."""
 
     def __init__(self, settings: EmbedderSettings | dict[str, Any] | None = None) -> None:
@@ -75,8 +68,9 @@ class Embedder:
             CLIPModel, CLIPProcessor, self.settings.model
         )
         self.model_id = self.settings.model.model_id
-        self.dim = int(self.model.config.projection_dim)
-        self._max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
+        config: Any = self.model.config
+        self.dim = int(config.projection_dim)
+        self._max_text_tokens = int(config.text_config.max_position_embeddings)
         self._liveness = Liveness()
         self._probe()
         logger.info("embedder ready: %s (dim %d) on %s", self.model_id, self.dim, self.placement)
@@ -151,6 +145,16 @@ class Embedder:
                 text=current_batch_settings(self._text_batch),
             ),
         )
+
+
+# Deployment defaults; serve_config.yaml overrides them per environment.
+Embedder = serve.deployment(
+    name="Embedder",
+    max_ongoing_requests=64,
+    ray_actor_options={"num_cpus": 1},
+    user_config=EmbedderBatching().model_dump(),
+    health_check_period_s=30,
+)(ClipEmbedder)
 
 
 def _normalised_rows(features: torch.Tensor) -> list[np.ndarray]:

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
 
-DeviceChoice = Literal["auto", "cpu", "cuda"] | str
 DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -34,7 +33,8 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_id: str = Field(description="Hugging Face hub id or a local directory.")
-    device: DeviceChoice = "auto"
+    # "auto", "cpu", "cuda" or "cuda:N".
+    device: str = "auto"
     dtype: DtypeChoice = "auto"
     # torch intra-op threads; match it to the CPUs the replica reserves so that
     # replicas sharing a machine do not oversubscribe the cores.

@@ -13,16 +13,13 @@ import pytest
 import torch
 
 from deployments.batching import InvalidModelInput
-from deployments.captioner import Captioner, CaptionerSettings
-from deployments.embedder import Embedder, EmbedderSettings
+from deployments.captioner import BlipCaptioner, CaptionerSettings
+from deployments.embedder import ClipEmbedder, EmbedderSettings
 from deployments.model_loading import ModelSettings
 from tests.tiny_models import TINY_DIM
 
 # A batch queue lives on the event loop that created it, as in a replica: one loop per module.
 pytestmark = [pytest.mark.usefixtures("plain_batching"), pytest.mark.asyncio(loop_scope="module")]
-
-CaptionerCls: Any = Captioner.func_or_class
-EmbedderCls: Any = Embedder.func_or_class
 
 
 def _image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:
@@ -31,7 +28,7 @@ def _image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def embedder(tiny_clip_dir: Path) -> Any:
-    return EmbedderCls(
+    return ClipEmbedder(
         EmbedderSettings(model=ModelSettings(model_id=str(tiny_clip_dir), dtype="float32"))
     )
 
@@ -41,7 +38,7 @@ def captioner(tiny_blip_dir: Path) -> Any:
     settings = CaptionerSettings(
         model=ModelSettings(model_id=str(tiny_blip_dir), dtype="float32"), max_new_tokens=8
     )
-    return CaptionerCls(settings)
+    return BlipCaptioner(settings)
 
 
 async def _gather(coros: list[Any]) -> list[Any]:
@@ -191,7 +188,7 @@ class TestCaptioner:
             num_beams=2,
             prompt="a photo of",
         )
-        prompted = CaptionerCls(settings)
+        prompted = BlipCaptioner(settings)
         caption = await prompted.caption(_image(5))
         # BLIP continues the prompt; at most max_new_tokens word pieces follow it.
         assert caption.startswith("a photo of")

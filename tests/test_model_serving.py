@@ -19,9 +19,7 @@ APP = "models-under-test"
 
 
 @pytest.fixture(scope="module")
-def handles(
-    ray_session: None, tiny_blip_dir: Path, tiny_clip_dir: Path
-) -> Iterator[dict[str, Any]]:
+def handles(ray_session: str, tiny_blip_dir: Path, tiny_clip_dir: Path) -> Iterator[dict[str, Any]]:
     zero_cpu = {"num_cpus": 0}
     captioner = Captioner.options(ray_actor_options=zero_cpu).bind(
         CaptionerSettings(
