@@ -1,0 +1,368 @@
+"""The HTTP API (v1) and the Ingress deployment that serves it.
+
+Routes only translate HTTP to ImageService calls and back; errors become JSON in
+ingress.errors, once.
+
+No `from __future__ import annotations`: Serve rebuilds these routes inside each replica
+and FastAPI must resolve the annotations there.
+"""
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import FormData, UploadFile
+
+from ingress.body_limit import BodySizeLimit
+from ingress.errors import ApiError, install_error_handlers
+from ingress.fetch import SafeFetcher
+from ingress.imaging import DecodedImage
+from ingress.model_client import ServedModels
+from ingress.schemas import (
+    AddByUrl,
+    AddedImage,
+    DeleteBody,
+    EmbedImageResponse,
+    ErrorResponse,
+    Health,
+    ImageList,
+    ImageOut,
+    SearchResponse,
+    SearchResult,
+    TextSearch,
+    UrlSearch,
+)
+from ingress.service import ImageService, SearchOutcome
+from ingress.settings import AppArgs
+from ingress.stores.factory import open_stores
+
+logger = logging.getLogger("ingress.api")
+
+# Room for multipart framing and small form fields around the largest accepted image.
+_MULTIPART_OVERHEAD = 64 * 1024
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 502, 503, 504)
+}
+_MULTIPART_OR_JSON = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "tags": {
+                            "type": "string",
+                            "description": "Comma-separated; the field may repeat.",
+                        },
+                    },
+                }
+            },
+            "application/json": {"schema": AddByUrl.model_json_schema()},
+        }
+    }
+}
+_MULTIPART_IMAGE = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "limit": {"type": "integer", "minimum": 1},
+                    },
+                }
+            }
+        }
+    }
+}
+
+app = FastAPI(
+    title="Image search",
+    version="1",
+    description="Add images; find them by words, by an image or by an image URL.",
+    responses=_ERRORS,
+)
+install_error_handlers(app)
+# The limit is known only once a replica has its arguments; until then, the default.
+app.state.max_body_bytes = AppArgs().intake.max_upload_bytes + _MULTIPART_OVERHEAD
+app.add_middleware(BodySizeLimit, limit=lambda: int(app.state.max_body_bytes))
+
+
+# Module helpers come before the class: Serve pickles the ingress class by value when
+# it is decorated, capturing only what exists by then.
+def _results(outcome: SearchOutcome) -> SearchResponse:
+    return SearchResponse(
+        results=[
+            SearchResult(image=ImageOut.from_record(hit.record), score=hit.score)
+            for hit in outcome.hits
+        ],
+        took_ms=outcome.took_ms,
+    )
+
+
+def _parse_json(model: type[Any], body: bytes) -> Any:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ApiError(422, "validation_error", problems) from None
+
+
+def _int_field(name: str, raw: Any) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(str(raw))
+    except ValueError:
+        raise ApiError(422, "validation_error", f"{name} must be an integer") from None
+
+
+@serve.ingress(app)
+class ImageSearchApi:
+    # Ray actors allow an async constructor; the store cannot open before the embedder
+    # has said which model and dimension it serves.
+    async def __init__(  # type: ignore[misc]
+        self, captioner: DeploymentHandle, embedder: DeploymentHandle, args: AppArgs
+    ) -> None:
+        self.args = args
+        self.models = await ServedModels.connect(captioner, embedder, args.model_timeout_s)
+        vectors, blobs = await open_stores(
+            args.storage, self.models.embedding_model, self.models.embedding_dim
+        )
+        self.service = ImageService(self.models, vectors, blobs, args.intake.image_limits())
+        self.fetcher = SafeFetcher(args.url_fetch.policy(args.intake.max_upload_bytes))
+        app.state.max_body_bytes = args.intake.max_upload_bytes + _MULTIPART_OVERHEAD
+        logger.info(
+            "ingress ready: data in %s, captions by %s, vectors by %s (dim %d)",
+            args.storage.data_dir,
+            self.models.caption_model,
+            self.models.embedding_model,
+            self.models.embedding_dim,
+        )
+
+    # -- images -----------------------------------------------------------------
+
+    @app.post(
+        "/images",
+        status_code=201,
+        response_model=AddedImage,
+        openapi_extra=_MULTIPART_OR_JSON,
+        responses={200: {"model": AddedImage, "description": "Already indexed."}},
+        summary="Add an image by upload (multipart `file`) or by URL (JSON `url`)",
+    )
+    @app.post("/images/add", status_code=201, response_model=AddedImage, deprecated=True)
+    async def add_image(self, request: Request, response: Response) -> AddedImage:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            form = await self._form(request)
+            image = await self._decode_upload(form)
+            tags = self._tags([str(v) for v in form.getlist("tags")])
+            source_url = None
+        elif content_type.startswith("application/json"):
+            body = _parse_json(AddByUrl, await request.body())
+            tags = self._tags(body.tags)
+            image = await self._fetch_image(body.url)
+            source_url = body.url
+        else:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send multipart/form-data with a `file` field, or JSON with a `url`",
+            )
+        added = await self.service.add(image, tags, source_url)
+        if added.duplicate:
+            response.status_code = 200
+        return AddedImage(
+            **ImageOut.from_record(added.record).model_dump(), duplicate=added.duplicate
+        )
+
+    @app.get("/images/list", response_model=ImageList, deprecated=True)
+    @app.get("/images", response_model=ImageList, summary="List images by id, with a cursor")
+    async def list_images(
+        self,
+        limit: Annotated[int, Query(ge=1)] = 50,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> ImageList:
+        self._check_limit(limit, self.args.search.max_list_limit)
+        page, total = await self.service.list(limit, cursor)
+        return ImageList(
+            images=[ImageOut.from_record(r) for r in page.records],
+            next_cursor=page.next_cursor,
+            total=total,
+        )
+
+    @app.delete("/images/delete", status_code=204, deprecated=True)
+    async def delete_image_seed(
+        self, request: Request, id: str | None = None, image_id: str | None = None
+    ) -> Response:
+        named = id or image_id
+        if named is None and await request.body():
+            body = _parse_json(DeleteBody, await request.body())
+            named = body.id or body.image_id
+        if not named:
+            raise ApiError(422, "validation_error", 'name the image: ?id=… or {"id": …}')
+        await self.service.delete(named)
+        return Response(status_code=204)
+
+    @app.get("/images/{image_id}", response_model=ImageOut, summary="One image record")
+    async def get_image(self, image_id: str) -> ImageOut:
+        return ImageOut.from_record(await self.service.get(image_id))
+
+    @app.get(
+        "/images/{image_id}/content",
+        response_class=Response,
+        responses={200: {"content": {"image/*": {}}, "description": "The original bytes."}},
+        summary="The stored image bytes",
+    )
+    async def image_content(self, image_id: str) -> Response:
+        blob = await self.service.content(image_id)
+        return Response(
+            content=blob.data,
+            media_type=blob.content_type,
+            # Content-addressed: the bytes behind an id never change.
+            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        )
+
+    @app.delete("/images/{image_id}", status_code=204, summary="Delete an image")
+    async def delete_image(self, image_id: str) -> Response:
+        await self.service.delete(image_id)
+        return Response(status_code=204)
+
+    # -- search -----------------------------------------------------------------
+
+    @app.post("/search/text", response_model=SearchResponse, summary="Find images by words")
+    @app.post("/images/search/text", response_model=SearchResponse, deprecated=True)
+    async def search_text(self, body: TextSearch) -> SearchResponse:
+        if len(body.query) > self.args.search.max_query_chars:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"query longer than {self.args.search.max_query_chars} characters",
+            )
+        outcome = await self.service.search_text(body.query, self._search_limit(body.limit))
+        return _results(outcome)
+
+    @app.post(
+        "/search/image",
+        response_model=SearchResponse,
+        openapi_extra=_MULTIPART_IMAGE,
+        summary="Find images similar to an uploaded one",
+    )
+    @app.post("/images/search/image", response_model=SearchResponse, deprecated=True)
+    async def search_image(self, request: Request) -> SearchResponse:
+        form = await self._form(request)
+        image = await self._decode_upload(form)
+        raw_limit = form.get("limit") or request.query_params.get("limit")
+        limit = self._search_limit(_int_field("limit", raw_limit))
+        return _results(await self.service.search_image(image, limit))
+
+    @app.post("/search/url", response_model=SearchResponse, summary="Find images like a URL's")
+    @app.post("/image/search/url", response_model=SearchResponse, deprecated=True)
+    async def search_url(self, body: UrlSearch) -> SearchResponse:
+        image = await self._fetch_image(body.url)
+        return _results(await self.service.search_image(image, self._search_limit(body.limit)))
+
+    @app.post(
+        "/embed-image/",
+        response_model=EmbedImageResponse,
+        openapi_extra=_MULTIPART_IMAGE,
+        summary="Caption and embed an image without storing it (BLIP x CLIP seed API)",
+    )
+    @app.post("/embed-image", response_model=EmbedImageResponse, include_in_schema=False)
+    async def embed_image(self, request: Request) -> EmbedImageResponse:
+        image = await self._decode_upload(await self._form(request))
+        caption, vector = await self.service.describe(image)
+        return EmbedImageResponse(description=caption, embedding_vector=vector.tolist())
+
+    # -- health -----------------------------------------------------------------
+
+    @app.get("/healthz", response_model=Health, summary="200 when stores and models answer")
+    async def healthz(self) -> Health:
+        try:
+            images = await self.service.vectors.count()
+            await self.service.blobs.exists("healthz/probe")
+            await self.models.ping()
+        except Exception as exc:
+            logger.warning("health check failed: %r", exc)
+            raise ApiError(
+                503, "unhealthy", f"a dependency is not answering: {type(exc).__name__}"
+            ) from exc
+        return Health(
+            status="ok",
+            images=images,
+            caption_model=self.models.caption_model,
+            embedding_model=self.models.embedding_model,
+            embedding_dim=self.models.embedding_dim,
+        )
+
+    # -- helpers ----------------------------------------------------------------
+
+    async def _form(self, request: Request) -> FormData:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(
+                415, "unsupported_media_type", "send multipart/form-data with a `file` field"
+            )
+        return await request.form(max_files=1, max_fields=self.args.intake.max_tags + 4)
+
+    async def _decode_upload(self, form: FormData) -> DecodedImage:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(
+                422, "validation_error", "multipart field `file` with the image is required"
+            )
+        data = await upload.read(self.args.intake.max_upload_bytes + 1)
+        return await self.service.decode(data, upload.content_type)
+
+    async def _fetch_image(self, url: str) -> DecodedImage:
+        fetched = await self.fetcher.fetch(url)
+        return await self.service.decode(fetched.data, fetched.content_type)
+
+    def _tags(self, raw: list[str]) -> list[str]:
+        limits = self.args.intake
+        tags: list[str] = []
+        for value in raw:
+            for tag in value.split(","):
+                tag = tag.strip()
+                if not tag:
+                    continue
+                if len(tag) > limits.max_tag_chars:
+                    raise ApiError(
+                        422,
+                        "validation_error",
+                        f"tag longer than {limits.max_tag_chars} characters",
+                    )
+                if tag not in tags:
+                    tags.append(tag)
+        if len(tags) > limits.max_tags:
+            raise ApiError(422, "validation_error", f"at most {limits.max_tags} tags")
+        return tags
+
+    def _search_limit(self, limit: int | None) -> int:
+        if limit is None:
+            return self.args.search.default_limit
+        self._check_limit(limit, self.args.search.max_limit)
+        return limit
+
+    @staticmethod
+    def _check_limit(limit: int, maximum: int) -> None:
+        if not 1 <= limit <= maximum:
+            raise ApiError(422, "validation_error", f"limit must be between 1 and {maximum}")
+
+
+# Deployment defaults; serve_config.yaml overrides them per environment.
+Ingress = serve.deployment(
+    name="Ingress",
+    max_ongoing_requests=64,
+    ray_actor_options={"num_cpus": 0.2},
+)(ImageSearchApi)

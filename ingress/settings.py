@@ -1,0 +1,87 @@
+"""The application's arguments: what `serve_config.yaml` may set under `args:`.
+
+Unknown keys fail the deployment at load with pydantic's message naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.captioner import CaptionerSettings
+from deployments.embedder import EmbedderSettings
+from ingress.fetch import FetchPolicy
+from ingress.imaging import ImageLimits
+
+MiB = 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class StorageArgs(_Strict):
+    """The embedded default: LanceDB and a blob directory under one data directory."""
+
+    data_dir: Path = Field(default=Path("./data"), description="Created if missing.")
+    table: str = Field(default="images", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class IntakeArgs(_Strict):
+    max_upload_bytes: int = Field(default=20 * MiB, ge=1024)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_frames: int = Field(default=1000, ge=1)
+    # Longest side of the decoded copy sent to the model deployments.
+    model_image_side: int = Field(default=512, ge=32, le=1024)
+    max_tags: int = Field(default=20, ge=0, le=200)
+    max_tag_chars: int = Field(default=64, ge=1, le=256)
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_bytes=self.max_upload_bytes,
+            max_pixels=self.max_pixels,
+            max_frames=self.max_frames,
+            model_side=self.model_image_side,
+        )
+
+
+class UrlFetchArgs(_Strict):
+    # Off by default: a public service must not fetch from its own network.
+    allow_private_addresses: bool = False
+    allowed_networks: list[str] = Field(default_factory=list)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    total_timeout_s: float = Field(default=30.0, gt=0)
+    max_redirects: int = Field(default=3, ge=0, le=10)
+
+    def policy(self, max_bytes: int) -> FetchPolicy:
+        return FetchPolicy(
+            allow_private_addresses=self.allow_private_addresses,
+            allowed_networks=tuple(self.allowed_networks),
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            total_timeout_s=self.total_timeout_s,
+            max_bytes=max_bytes,
+            max_redirects=self.max_redirects,
+        )
+
+
+class SearchArgs(_Strict):
+    default_limit: int = Field(default=10, ge=1)
+    max_limit: int = Field(default=100, ge=1, le=1000)
+    max_query_chars: int = Field(default=1000, ge=1, le=2000)
+    max_list_limit: int = Field(default=500, ge=1, le=5000)
+
+
+class AppArgs(_Strict):
+    """Everything `build_app` needs; see serve_config.yaml for a commented example."""
+
+    storage: StorageArgs = Field(default_factory=StorageArgs)
+    captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    intake: IntakeArgs = Field(default_factory=IntakeArgs)
+    url_fetch: UrlFetchArgs = Field(default_factory=UrlFetchArgs)
+    search: SearchArgs = Field(default_factory=SearchArgs)
+    # A model call slower than this becomes a 504 for its request.
+    model_timeout_s: float = Field(default=120.0, gt=0)
