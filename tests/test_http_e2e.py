@@ -92,9 +92,12 @@ def service(
             "url_fetch": {"allow_private_addresses": True},
         }
     )
-    zero = {"ray_actor_options": {"num_cpus": 0}}
+    zero: dict[str, Any] = {"num_cpus": 0}
     app = compose(
-        args, Captioner.options(**zero), Embedder.options(**zero), Ingress.options(**zero)
+        args,
+        Captioner.options(ray_actor_options=zero),
+        Embedder.options(ray_actor_options=zero),
+        Ingress.options(ray_actor_options=zero),
     )
     serve.run(app, name="imagesearch", route_prefix="/")
     with httpx.Client(base_url=ray_session, timeout=60) as client:
