@@ -20,6 +20,7 @@ from ingress.body_limit import BodySizeLimit
 from ingress.errors import ApiError, install_error_handlers
 from ingress.fetch import SafeFetcher
 from ingress.imaging import DecodedImage
+from ingress.metrics import service_metrics
 from ingress.model_client import ServedModels
 from ingress.schemas import (
     AddByUrl,
@@ -98,7 +99,8 @@ app.add_middleware(BodySizeLimit, limit=lambda: int(app.state.max_body_bytes))
 
 # Module helpers come before the class: Serve pickles the ingress class by value when
 # it is decorated, capturing only what exists by then.
-def _results(outcome: SearchOutcome) -> SearchResponse:
+def _results(outcome: SearchOutcome, kind: str) -> SearchResponse:
+    service_metrics().search_latency.observe(outcome.took_ms, tags={"kind": kind})
     return SearchResponse(
         results=[
             SearchResult(image=ImageOut.from_record(hit.record), score=hit.score)
@@ -181,6 +183,12 @@ class ImageSearchApi:
                 "send multipart/form-data with a `file` field, or JSON with a `url`",
             )
         added = await self.service.add(image, tags, source_url)
+        service_metrics().images_added.inc(
+            tags={
+                "source": "url" if source_url else "upload",
+                "outcome": "duplicate" if added.duplicate else "new",
+            }
+        )
         if added.duplicate:
             response.status_code = 200
         return AddedImage(
@@ -251,7 +259,7 @@ class ImageSearchApi:
                 f"query longer than {self.args.search.max_query_chars} characters",
             )
         outcome = await self.service.search_text(body.query, self._search_limit(body.limit))
-        return _results(outcome)
+        return _results(outcome, "text")
 
     @app.post(
         "/search/image",
@@ -265,13 +273,14 @@ class ImageSearchApi:
         image = await self._decode_upload(form)
         raw_limit = form.get("limit") or request.query_params.get("limit")
         limit = self._search_limit(_int_field("limit", raw_limit))
-        return _results(await self.service.search_image(image, limit))
+        return _results(await self.service.search_image(image, limit), "image")
 
     @app.post("/search/url", response_model=SearchResponse, summary="Find images like a URL's")
     @app.post("/image/search/url", response_model=SearchResponse, deprecated=True)
     async def search_url(self, body: UrlSearch) -> SearchResponse:
         image = await self._fetch_image(body.url)
-        return _results(await self.service.search_image(image, self._search_limit(body.limit)))
+        outcome = await self.service.search_image(image, self._search_limit(body.limit))
+        return _results(outcome, "url")
 
     @app.post(
         "/embed-image/",

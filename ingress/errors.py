@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.batching import InvalidModelInput
 from ingress.intake_errors import IntakeError
+from ingress.metrics import service_metrics
 from ingress.stores.base import (
     EmbeddingMismatch,
     StoreError,
@@ -121,21 +122,30 @@ def error_response(error: ApiError) -> JSONResponse:
     )
 
 
+def _count(error: ApiError) -> None:
+    service_metrics().errors.inc(tags={"status": str(error.status), "code": error.code})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(ApiError(exc.status_code, code, str(exc.detail)))
+        error = ApiError(exc.status_code, code, str(exc.detail))
+        _count(error)
+        return error_response(error)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         problems = "; ".join(
             f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        return error_response(ApiError(422, "validation_error", problems or "invalid request"))
+        error = ApiError(422, "validation_error", problems or "invalid request")
+        _count(error)
+        return error_response(error)
 
     async def on_any_error(request: Request, exc: Exception) -> JSONResponse:
         error = to_api_error(exc)
+        _count(error)
         if error.status >= 500:
             # The operator needs the cause; the client gets only the code and message.
             logger.error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.embedder import EmbedderInfo
 from ingress.errors import ModelTimeout
+from ingress.metrics import service_metrics
 
 
 class ServedModels:
@@ -53,8 +55,13 @@ class ServedModels:
 
     async def _call(self, handle: DeploymentHandle, method: str, arg: Any) -> Any:
         response = getattr(handle, method).remote(arg)
+        started = time.perf_counter()
         try:
-            return await asyncio.wait_for(response, timeout=self._timeout_s)
+            result = await asyncio.wait_for(response, timeout=self._timeout_s)
+            service_metrics().model_latency.observe(
+                (time.perf_counter() - started) * 1000, tags={"call": method}
+            )
+            return result
         except asyncio.TimeoutError:
             response.cancel()
             raise ModelTimeout(

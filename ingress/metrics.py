@@ -1,0 +1,42 @@
+"""The service's own Prometheus metrics, exported by Ray beside Serve's built-in ones
+(scrape each node's metrics port; see README "Observability")."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ray.util.metrics import Counter, Histogram
+
+_LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.images_added = Counter(
+            "imagesearch_images_added_total",
+            description="Images ingested, by source (upload or url) and whether they were new.",
+            tag_keys=("source", "outcome"),
+        )
+        self.errors = Counter(
+            "imagesearch_errors_total",
+            description="Error responses by status and error code (rejections by reason).",
+            tag_keys=("status", "code"),
+        )
+        self.model_latency = Histogram(
+            "imagesearch_model_call_latency_ms",
+            description="Latency of calls from the ingress to a model deployment.",
+            boundaries=_LATENCY_MS,
+            tag_keys=("call",),
+        )
+        self.search_latency = Histogram(
+            "imagesearch_search_latency_ms",
+            description="End-to-end search latency inside the ingress, by kind.",
+            boundaries=_LATENCY_MS,
+            tag_keys=("kind",),
+        )
+
+
+@lru_cache(maxsize=1)
+def service_metrics() -> ServiceMetrics:
+    """Created on first use inside the replica process, not at import."""
+    return ServiceMetrics()
