@@ -11,6 +11,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -37,7 +38,8 @@ from ingress.schemas import (
     UrlSearch,
 )
 from ingress.service import ImageService, SearchOutcome
-from ingress.settings import AppArgs
+from ingress.settings import AppArgs, S3Args
+from ingress.stores.base import PresigningBlobStore
 from ingress.stores.factory import open_stores
 
 logger = logging.getLogger("ingress.api")
@@ -144,6 +146,9 @@ class ImageSearchApi:
         )
         self.service = ImageService(self.models, vectors, blobs, args.intake.image_limits())
         self.fetcher = SafeFetcher(args.url_fetch.policy(args.intake.max_upload_bytes))
+        blobs_config = args.storage.blobs
+        self.redirect_content = isinstance(blobs_config, S3Args) and blobs_config.presigned_redirect
+        self.presign_expiry_s = getattr(blobs_config, "presign_expiry_s", 0)
         app.state.max_body_bytes = args.intake.max_upload_bytes + _MULTIPART_OVERHEAD
         logger.info(
             "ingress ready: data in %s, captions by %s, vectors by %s (dim %d)",
@@ -234,12 +239,22 @@ class ImageSearchApi:
         summary="The stored image bytes",
     )
     async def image_content(self, image_id: str) -> Response:
-        blob = await self.service.content(image_id)
-        return Response(
-            content=blob.data,
-            media_type=blob.content_type,
-            # Content-addressed: the bytes behind an id never change.
-            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        record = await self.service.get(image_id)
+        blobs = self.service.blobs
+        if self.redirect_content and isinstance(blobs, PresigningBlobStore):
+            # The store serves the bytes; the ingress only signs the way there.
+            return RedirectResponse(
+                blobs.presigned_url(record.blob_key, self.presign_expiry_s), 307
+            )
+        stream = await self.service.blobs.stream(record.blob_key)
+        return StreamingResponse(
+            stream.chunks,
+            media_type=stream.content_type,
+            headers={
+                "Content-Length": str(stream.size),
+                # Content-addressed: the bytes behind an id never change.
+                "Cache-Control": "public, max-age=31536000, immutable",
+            },
         )
 
     @app.delete("/images/{image_id}", status_code=204, summary="Delete an image")

@@ -37,8 +37,13 @@ def compose(
 def _absolute_paths(args: AppArgs) -> AppArgs:
     # Replicas do not share the working directory of `serve run`; resolve relative paths
     # where the builder runs, which is where the user typed them.
-    storage = args.storage.model_copy(update={"data_dir": args.storage.data_dir.resolve()})
-    update = {"storage": storage}
+    storage = args.storage
+    resolved: dict[str, object] = {"data_dir": storage.data_dir.resolve()}
+    for name in ("vectors", "blobs"):
+        store = getattr(storage, name)
+        if getattr(store, "path", None) is not None:
+            resolved[name] = store.model_copy(update={"path": store.path.resolve()})
+    update: dict[str, object] = {"storage": storage.model_copy(update=resolved)}
     for name in ("captioner", "embedder"):
         settings = getattr(args, name)
         local = Path(settings.model.model_id).expanduser()

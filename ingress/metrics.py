@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from ray.util.metrics import Counter, Histogram
 
-_LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+_LATENCY_MS: list[float] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 
 
 class ServiceMetrics:

@@ -26,7 +26,7 @@ from ingress.records import (
     blob_key_for,
     image_id_for,
 )
-from ingress.stores.base import Blob, BlobStore, VectorStore
+from ingress.stores.base import BlobStore, VectorStore
 
 logger = logging.getLogger("ingress.service")
 
@@ -131,10 +131,6 @@ class ImageService:
         if record is None:
             raise not_found(image_id)
         return record
-
-    async def content(self, image_id: str) -> Blob:
-        record = await self.get(image_id)
-        return await self.blobs.get(record.blob_key)
 
     async def list(self, limit: int, cursor: str | None) -> tuple[Page, int]:
         try:

@@ -6,6 +6,7 @@ Unknown keys fail the deployment at load with pydantic's message naming the key.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,11 +22,63 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class StorageArgs(_Strict):
-    """The embedded default: LanceDB and a blob directory under one data directory."""
+class LanceDBArgs(_Strict):
+    """Embedded vector store: a directory on disk, shared safely by several replicas."""
 
-    data_dir: Path = Field(default=Path("./data"), description="Created if missing.")
+    kind: Literal["lancedb"] = "lancedb"
+    path: Path | None = Field(default=None, description="Default: <data_dir>/lancedb.")
     table: str = Field(default="images", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class WeaviateArgs(_Strict):
+    """Production vector store. The API key comes from the environment variable named
+    here (a Kubernetes Secret), never from the config file."""
+
+    kind: Literal["weaviate"]
+    url: str = Field(description="HTTP endpoint, e.g. http://weaviate:8080.")
+    grpc_host: str | None = Field(default=None, description="Default: the HTTP host.")
+    grpc_port: int = 50051
+    grpc_secure: bool = False
+    api_key_env: str | None = "WEAVIATE_API_KEY"
+    collection: str = Field(default="Image", pattern=r"^[A-Z][A-Za-z0-9_]{0,63}$")
+    init_timeout_s: float = Field(default=10.0, gt=0)
+    query_timeout_s: float = Field(default=30.0, gt=0)
+    insert_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class LocalBlobArgs(_Strict):
+    kind: Literal["local"] = "local"
+    path: Path | None = Field(default=None, description="Default: <data_dir>/blobs.")
+
+
+class S3Args(_Strict):
+    """Production blob store: AWS S3, MinIO or LocalStack. Credentials come from the
+    standard AWS chain (env vars, profile, instance or pod role), never from here."""
+
+    kind: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = Field(default=None, description="MinIO/LocalStack endpoint.")
+    create_bucket: bool = False
+    # Answer GET /images/{id}/content with a redirect to a presigned URL instead of
+    # streaming the bytes through the ingress.
+    presigned_redirect: bool = False
+    presign_expiry_s: int = Field(default=300, ge=10, le=7 * 24 * 3600)
+
+
+class StorageArgs(_Strict):
+    """Which stores hold vectors and image bytes; the embedded pair by default."""
+
+    data_dir: Path = Field(default=Path("./data"), description="Home of the embedded stores.")
+    vectors: LanceDBArgs | WeaviateArgs = Field(default_factory=LanceDBArgs, discriminator="kind")
+    blobs: LocalBlobArgs | S3Args = Field(default_factory=LocalBlobArgs, discriminator="kind")
+
+    def lancedb_path(self, args: LanceDBArgs) -> Path:
+        return args.path or self.data_dir / "lancedb"
+
+    def blob_path(self, args: LocalBlobArgs) -> Path:
+        return args.path or self.data_dir / "blobs"
 
 
 class IntakeArgs(_Strict):

@@ -58,3 +58,32 @@ def test_batches_can_fill_and_targets_are_reachable(config: dict[str, Any]) -> N
     for deployment in deployments.values():
         target = deployment["autoscaling_config"]["target_ongoing_requests"]
         assert target <= deployment["max_ongoing_requests"]
+
+
+def test_store_choice_is_configuration_only() -> None:
+    args = AppArgs.model_validate(
+        {
+            "storage": {
+                "vectors": {"kind": "weaviate", "url": "http://weaviate:8080"},
+                "blobs": {"kind": "s3", "bucket": "images", "endpoint_url": "http://minio:9000"},
+            }
+        }
+    )
+    assert args.storage.vectors.kind == "weaviate"
+    assert args.storage.blobs.kind == "s3"
+    default = AppArgs()
+    assert (default.storage.vectors.kind, default.storage.blobs.kind) == ("lancedb", "local")
+
+
+def test_unknown_store_kind_and_secret_in_config_are_refused() -> None:
+    with pytest.raises(ValidationError, match="kind"):
+        AppArgs.model_validate({"storage": {"vectors": {"kind": "chroma"}}})
+    # Secrets come from the environment, not from the file.
+    with pytest.raises(ValidationError, match="api_key"):
+        AppArgs.model_validate(
+            {
+                "storage": {
+                    "vectors": {"kind": "weaviate", "url": "http://w:8080", "api_key": "s3cret"}
+                }
+            }
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -36,6 +36,20 @@ class BlobNotFound(KeyError):
 class Blob:
     data: bytes
     content_type: str
+
+
+@dataclass(frozen=True)
+class BlobStream:
+    """A blob read piece by piece: its metadata up front, the bytes as they come.
+
+    ``chunks`` is an async generator in every backend; iterate it to the end or call its
+    ``aclose()`` to release the open file or connection early. Errors while reading
+    (a connection lost halfway) surface from the iteration as StoreError.
+    """
+
+    content_type: str
+    size: int
+    chunks: AsyncIterator[bytes]
 
 
 @runtime_checkable
@@ -84,9 +98,24 @@ class BlobStore(Protocol):
     async def get(self, key: str) -> Blob:
         """Raises BlobNotFound."""
 
+    async def stream(self, key: str, chunk_size: int = 256 * 1024) -> BlobStream:
+        """The blob as chunks of at most chunk_size bytes.
+
+        Raises BlobNotFound from this call, before any chunk, so that a caller can
+        answer 404 before it starts a response. Once it returns, the blob is pinned:
+        a concurrent delete or put does not break or mix the stream.
+        """
+
     async def delete(self, key: str) -> None:
         """Idempotent: deleting a missing key is not an error."""
 
     async def exists(self, key: str) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PresigningBlobStore(Protocol):
+    """A blob store that can hand out time-limited direct download URLs (S3)."""
+
+    def presigned_url(self, key: str, expires_s: int = 300) -> str: ...

@@ -14,9 +14,11 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
-from ingress.stores.base import Blob, BlobNotFound, StoreError
+from ingress.stores.base import Blob, BlobNotFound, BlobStream, StoreError
 
 SIDECAR_SUFFIX = ".meta.json"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -69,6 +71,20 @@ class LocalBlobStore:
         except OSError as e:
             raise StoreError(f"could not read blob {key!r}: {e}") from e
 
+    async def stream(self, key: str, chunk_size: int = 256 * 1024) -> BlobStream:
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+        path, sidecar = self._paths(key)
+        try:
+            f, size, content_type = await asyncio.to_thread(self._open_sync, path, sidecar)
+        except FileNotFoundError as e:
+            raise BlobNotFound(key) from e
+        except OSError as e:
+            raise StoreError(f"could not read blob {key!r}: {e}") from e
+        return BlobStream(
+            content_type=content_type, size=size, chunks=_read_chunks(f, chunk_size, key)
+        )
+
     async def delete(self, key: str) -> None:
         path, sidecar = self._paths(key)
         try:
@@ -90,18 +106,51 @@ class LocalBlobStore:
     def _get_sync(self, path: Path, sidecar: Path) -> Blob:
         # Sidecar first: put renames it before the data and delete removes it after, so
         # once the data is readable the sidecar read here belongs to a complete put.
+        content_type = self._content_type_sync(sidecar)
+        data = self._inside(path).read_bytes()
+        return Blob(data=data, content_type=content_type)
+
+    def _open_sync(self, path: Path, sidecar: Path) -> tuple[BinaryIO, int, str]:
+        # Same order as _get_sync. The open handle pins the file: put and delete only
+        # rename over or unlink the name, so on POSIX the bytes behind the handle stay
+        # whole and unchanged however long the caller takes to read them.
+        content_type = self._content_type_sync(sidecar)
+        f = self._inside(path).open("rb")
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except BaseException:
+            f.close()
+            raise
+        return f, size, content_type
+
+    def _content_type_sync(self, sidecar: Path) -> str:
         try:
             content_type = json.loads(self._inside(sidecar).read_bytes())["content_type"]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             # Missing or unreadable metadata should not make the bytes unreachable.
             content_type = None
-        data = self._inside(path).read_bytes()
-        return Blob(data=data, content_type=content_type or DEFAULT_CONTENT_TYPE)
+        return (
+            content_type if isinstance(content_type, str) and content_type else DEFAULT_CONTENT_TYPE
+        )
 
     def _delete_sync(self, path: Path, sidecar: Path) -> None:
         # Data first, so that no reader finds data without its sidecar.
         self._inside(path).unlink(missing_ok=True)
         self._inside(sidecar).unlink(missing_ok=True)
+
+
+async def _read_chunks(f: BinaryIO, chunk_size: int, key: str) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            try:
+                chunk = await asyncio.to_thread(f.read, chunk_size)
+            except OSError as e:
+                raise StoreError(f"could not read blob {key!r}: {e}") from e
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        f.close()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -14,6 +14,7 @@ pytest.skip with the reason when it cannot have one.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -22,6 +23,11 @@ import pytest
 from ingress.stores.base import BlobStore, VectorStore
 from ingress.stores.lancedb_store import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
+from tests.stores.s3_backend import (
+    moto_s3_endpoint,  # noqa: F401  (a fixture, for pytest)
+    s3_blobs_backend,
+)
+from tests.stores.weaviate_backend import WEAVIATE_SKIP_REASON, weaviate_vector_backend
 
 MODEL = "test/clip-tiny"
 DIM = 16
@@ -41,9 +47,11 @@ def _local_blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStoreOpe
 
 VECTOR_BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], VectorStoreOpener]] = {
     "lancedb": _lancedb,
+    "weaviate": weaviate_vector_backend,  # a server at WEAVIATE_URL, else skipped
 }
 BLOB_BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], BlobStoreOpener]] = {
     "local": _local_blobs,
+    "s3": s3_blobs_backend,  # moto's S3 server, started for the session
 }
 
 
@@ -53,7 +61,17 @@ def embedding_spec() -> tuple[str, int]:
     return MODEL, DIM
 
 
-@pytest.fixture(params=["lancedb"])
+@pytest.fixture(
+    params=[
+        "lancedb",
+        pytest.param(
+            "weaviate",
+            marks=pytest.mark.skipif(
+                not os.environ.get("WEAVIATE_URL"), reason=WEAVIATE_SKIP_REASON
+            ),
+        ),
+    ]
+)
 def vector_store_opener(request: pytest.FixtureRequest, tmp_path: Path) -> VectorStoreOpener:
     return VECTOR_BACKENDS[request.param](request, tmp_path)
 
@@ -68,7 +86,7 @@ async def vector_store(vector_store_opener: VectorStoreOpener) -> AsyncIterator[
         await store.close()
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "s3"])
 def blob_store_opener(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStoreOpener:
     return BLOB_BACKENDS[request.param](request, tmp_path)
 

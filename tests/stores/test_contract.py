@@ -10,7 +10,7 @@ import asyncio
 import multiprocessing
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from ingress.records import ImageRecord, IndexedImage, blob_key_for
 from ingress.stores.base import (
     BlobNotFound,
     BlobStore,
+    BlobStream,
     EmbeddingMismatch,
     VectorStore,
 )
@@ -475,6 +476,75 @@ async def test_blob_exists_and_delete_is_idempotent(blob_store: BlobStore) -> No
     await blob_store.delete(key)
 
 
+async def read_all(stream: BlobStream, chunk_size: int) -> bytes:
+    chunks = [chunk async for chunk in stream.chunks]
+    assert all(0 < len(chunk) <= chunk_size for chunk in chunks)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_536, 300_000])
+async def test_blob_stream_round_trip(blob_store: BlobStore, size: int) -> None:
+    data = os.urandom(size)
+    key = blob_key_for(uuid.uuid4().hex * 2)
+    await blob_store.put(key, data, "image/webp")
+
+    stream = await blob_store.stream(key, chunk_size=65_536)
+
+    assert (stream.content_type, stream.size) == ("image/webp", size)
+    assert await read_all(stream, 65_536) == data
+
+
+async def test_blob_stream_default_chunk_size(blob_store: BlobStore) -> None:
+    data = os.urandom(600_000)
+    key = blob_key_for("12" * 32)
+    await blob_store.put(key, data, "image/png")
+    stream = await blob_store.stream(key)
+    assert await read_all(stream, 256 * 1024) == data
+
+
+async def test_blob_stream_missing_raises_before_any_chunk(blob_store: BlobStore) -> None:
+    # From stream() itself, not from the iteration: the HTTP layer answers 404 then.
+    with pytest.raises(BlobNotFound):
+        await blob_store.stream(blob_key_for("34" * 32))
+
+
+async def test_blob_stream_outlives_delete_and_replace(blob_store: BlobStore) -> None:
+    data = os.urandom(300_000)
+    key = blob_key_for("56" * 32)
+    await blob_store.put(key, data, "image/png")
+    stream = await blob_store.stream(key, chunk_size=65_536)
+    first = await anext(stream.chunks)
+
+    await blob_store.delete(key)
+    await blob_store.put(key, b"something else", "text/plain")
+    await blob_store.delete(key)
+
+    rest = [chunk async for chunk in stream.chunks]
+    assert first + b"".join(rest) == data
+
+
+async def test_blob_stream_can_stop_early(blob_store: BlobStore) -> None:
+    key = blob_key_for("78" * 32)
+    await blob_store.put(key, os.urandom(300_000), "image/png")
+    stream = await blob_store.stream(key, chunk_size=1024)
+    await anext(stream.chunks)
+    # A client that disconnects halfway: closing releases the file or connection.
+    assert isinstance(stream.chunks, AsyncGenerator)
+    await stream.chunks.aclose()
+    # The store is still usable afterwards.
+    assert (await blob_store.get(key)).content_type == "image/png"
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1])
+async def test_blob_stream_refuses_non_positive_chunk_size(
+    blob_store: BlobStore, chunk_size: int
+) -> None:
+    key = blob_key_for("9a" * 32)
+    await blob_store.put(key, b"x", "image/png")
+    with pytest.raises(ValueError):
+        await blob_store.stream(key, chunk_size=chunk_size)
+
+
 @pytest.mark.parametrize(
     "key", ["", "..", "../x", "ab/../../x", "ab/../cd", "/etc/passwd", "ab/..", "./ab"]
 )
@@ -483,6 +553,8 @@ async def test_blob_keys_cannot_traverse(blob_store: BlobStore, key: str) -> Non
         await blob_store.put(key, b"x", "image/png")
     with pytest.raises(ValueError):
         await blob_store.get(key)
+    with pytest.raises(ValueError):
+        await blob_store.stream(key)
     with pytest.raises(ValueError):
         await blob_store.exists(key)
     with pytest.raises(ValueError):

@@ -1,0 +1,718 @@
+"""VectorStore on a Weaviate server (weaviate-client v4, async API).
+
+Everything goes through ``WeaviateAsyncClient``: nothing blocks the event loop. The
+collection holds self-provided vectors in an HNSW index with cosine distance (the
+classic unnamed vector: it works with every client in the supported range and with every
+server those clients accept). ``caption`` is the one BM25-searchable property; the other
+record fields are filterable only, TEXT ones tokenised as ``field`` so that a filter
+matches the whole value exactly.
+
+Behaviours this module relies on (weaviate-client 4.9 to 4.x):
+
+- The object id is the record id (already a UUID). A batch write of an existing id
+  replaces the whole object, vector included, so upsert is a plain gRPC batch write
+  (``data.insert_many``, in chunks); no delete-then-insert is needed.
+- Listing with ``after`` uses Weaviate's cursor API, which walks objects in UUID byte
+  order; for canonical (lowercase) UUID strings that is the same as ordering by id.
+- Which embedding model and dimension filled the collection is written into its
+  description at creation (Weaviate keeps no dimension of its own until the first
+  vector), so that a replica of another model refuses it at ensure_schema.
+- The client retries gRPC UNAVAILABLE with exponential backoff for about a minute before
+  giving up. Each operation therefore runs under a deadline of its own (the configured
+  timeout plus a margin); when that fires, a quick liveness probe decides whether the
+  server is unreachable (StoreUnavailable) or only slow (StoreTimeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import builtins
+import contextlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+import httpx
+import numpy as np
+import weaviate
+from weaviate.classes.config import (
+    Configure,
+    DataType,
+    Property,
+    Tokenization,
+    VectorDistances,
+)
+from weaviate.classes.data import DataObject
+from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+from weaviate.classes.query import MetadataQuery
+from weaviate.collections import CollectionAsync
+from weaviate.exceptions import (
+    UnexpectedStatusCodeError,
+    WeaviateClosedClientError,
+    WeaviateConnectionError,
+    WeaviateGRPCUnavailableError,
+    WeaviateInsertManyAllFailedError,
+    WeaviateRetryError,
+    WeaviateStartUpError,
+    WeaviateTimeoutError,
+)
+
+from ingress.records import ImageRecord, IndexedImage, Page, SearchHit
+from ingress.stores.base import EmbeddingMismatch, StoreError, StoreTimeout, StoreUnavailable
+
+T = TypeVar("T")
+
+# -- schema ---------------------------------------------------------------------------
+
+# Marks the description this store writes; the JSON after it names model and dim.
+_DESCRIPTION_PREFIX = "imagesearch:"
+SCHEMA_VERSION = 1
+
+# Weaviate collection names: a capital letter, then letters, digits, underscores.
+_COLLECTION_NAME = re.compile(r"^[A-Z][_0-9A-Za-z]*$")
+
+_TEXT_FIELDS = ("content_type", "sha256", "source_url", "caption_model", "embedding_model")
+_INT_FIELDS = ("width", "height", "size_bytes")
+_RECORD_PROPERTIES: tuple[str, ...] = tuple(
+    name for name in ImageRecord.model_fields if name != "id"
+)
+
+# Records per gRPC batch request; keeps each message well under the default size limit.
+_INSERT_CHUNK = 256
+# Added to the client's own timeouts before our per-operation deadline fires.
+_DEADLINE_MARGIN_S = 5.0
+_LIVENESS_PROBE_S = 2.0
+
+_CURSOR_PREFIX = "w1:"
+# The first page asks for everything after the nil UUID, so that every page goes through
+# the cursor API (UUID order, on every shard); the nil UUID itself is refused as an id.
+_NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def image_properties() -> list[Property]:
+    """The collection's properties: every ImageRecord field except ``id`` (the object id)."""
+    properties = [
+        Property(
+            name="caption",
+            data_type=DataType.TEXT,
+            tokenization=Tokenization.WORD,
+            index_searchable=True,
+            index_filterable=True,
+        ),
+        *(
+            Property(
+                name=name,
+                data_type=DataType.TEXT,
+                tokenization=Tokenization.FIELD,
+                index_searchable=False,
+                index_filterable=True,
+            )
+            for name in _TEXT_FIELDS
+        ),
+        *(
+            Property(name=name, data_type=DataType.INT, index_filterable=True)
+            for name in _INT_FIELDS
+        ),
+        Property(
+            name="tags",
+            data_type=DataType.TEXT_ARRAY,
+            tokenization=Tokenization.FIELD,
+            index_searchable=False,
+            index_filterable=True,
+        ),
+        Property(name="created_at", data_type=DataType.DATE, index_filterable=True),
+    ]
+    # Kept in record field order, which makes the schema easy to compare with the model.
+    order = {name: i for i, name in enumerate(_RECORD_PROPERTIES)}
+    return sorted(properties, key=lambda p: order[p.name])
+
+
+def collection_config(embedding_model: str, dim: int) -> dict[str, Any]:
+    """Keyword arguments for ``collections.create``, apart from the name."""
+    return {
+        "description": collection_description(embedding_model, dim),
+        "properties": image_properties(),
+        # The unnamed vector (vectorizer none, HNSW, cosine): every client and server in
+        # the supported range takes it. Newer clients call these two arguments deprecated
+        # in favour of named vectors, which 4.9 cannot create.
+        "vectorizer_config": Configure.Vectorizer.none(),
+        "vector_index_config": Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE),
+    }
+
+
+def collection_description(embedding_model: str, dim: int) -> str:
+    payload = {"embedding_model": embedding_model, "dim": dim, "schema_version": SCHEMA_VERSION}
+    return _DESCRIPTION_PREFIX + json.dumps(payload, sort_keys=True)
+
+
+def parse_collection_description(description: str | None) -> tuple[str, int] | None:
+    """(embedding_model, dim) from a description this store wrote; None for any other."""
+    if not description or not description.startswith(_DESCRIPTION_PREFIX):
+        return None
+    try:
+        payload = json.loads(description.removeprefix(_DESCRIPTION_PREFIX))
+        model, dim = payload["embedding_model"], payload["dim"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(model, str) or not isinstance(dim, int) or isinstance(dim, bool):
+        return None
+    return model, dim
+
+
+# -- records ------------------------------------------------------------------------
+
+
+def _utc(dt: datetime) -> datetime:
+    # Naive datetimes are taken as UTC; aware ones are converted, so every stored instant
+    # reads back in one timezone.
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def canonical_uuid(value: str) -> str | None:
+    """The id if it is a canonical (lowercase, hyphenated) UUID string, else None."""
+    try:
+        parsed = uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    text = str(parsed)
+    return text if text == value else None
+
+
+def record_to_properties(record: ImageRecord) -> dict[str, Any]:
+    """Weaviate properties for a record; ``id`` is the object id, not a property.
+
+    A missing source_url is left out rather than sent as null.
+    """
+    props = record.model_dump(exclude={"id"})
+    props["created_at"] = _utc(record.created_at)
+    props["tags"] = builtins.list(record.tags)
+    if props["source_url"] is None:
+        del props["source_url"]
+    return props
+
+
+def properties_to_record(object_id: uuid.UUID | str, props: Mapping[str, Any]) -> ImageRecord:
+    """The record for a Weaviate object; created_at comes back tz-aware in UTC."""
+    created_at = props["created_at"]
+    if isinstance(created_at, str):
+        created_at = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    return ImageRecord(
+        id=str(uuid.UUID(str(object_id))),
+        caption=props["caption"],
+        width=int(props["width"]),
+        height=int(props["height"]),
+        content_type=props["content_type"],
+        size_bytes=int(props["size_bytes"]),
+        sha256=props["sha256"],
+        source_url=props.get("source_url"),
+        tags=builtins.list(props.get("tags") or []),
+        created_at=_utc(created_at),
+        caption_model=props["caption_model"],
+        embedding_model=props["embedding_model"],
+    )
+
+
+def similarity_from_distance(distance: float) -> float:
+    """Cosine similarity from Weaviate's cosine distance (1 - cos, in [0, 2])."""
+    if not math.isfinite(distance):
+        raise ValueError(f"not a finite distance: {distance!r}")
+    return 1.0 - float(distance)
+
+
+# -- cursors --------------------------------------------------------------------------
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + last_id).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The id a cursor points after; ValueError for anything this store did not make."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+        raise ValueError("malformed cursor") from e
+    last_id = text.removeprefix(_CURSOR_PREFIX)
+    # The round trip also rejects non-canonical encodings: one position, one cursor.
+    if (
+        not text.startswith(_CURSOR_PREFIX)
+        or canonical_uuid(last_id) is None
+        or encode_cursor(last_id) != cursor
+    ):
+        raise ValueError("malformed cursor")
+    return last_id
+
+
+# -- errors ---------------------------------------------------------------------------
+
+_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
+    WeaviateConnectionError,
+    WeaviateGRPCUnavailableError,
+    WeaviateRetryError,  # only raised after gRPC UNAVAILABLE retries ran out
+    WeaviateClosedClientError,
+    httpx.ConnectError,
+    httpx.NetworkError,
+    ConnectionError,
+)
+_TIMEOUT_TYPES: tuple[type[BaseException], ...] = (
+    WeaviateTimeoutError,
+    httpx.TimeoutException,
+    TimeoutError,
+    asyncio.TimeoutError,
+)
+
+
+def _classify(exc: BaseException) -> type[StoreError] | None:
+    if isinstance(exc, _TIMEOUT_TYPES):
+        return StoreTimeout
+    if isinstance(exc, WeaviateStartUpError):
+        # Also raised for a server version the client does not support: not an outage.
+        return StoreError if "not supported" in str(exc) else StoreUnavailable
+    if isinstance(exc, _UNAVAILABLE_TYPES):
+        return StoreUnavailable
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return StoreUnavailable
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return StoreTimeout
+    if isinstance(exc, UnexpectedStatusCodeError) and not isinstance(
+        exc.__cause__ or exc.__context__, grpc.RpcError
+    ):
+        if exc.status_code == 503:
+            return StoreUnavailable
+        if exc.status_code == 504:
+            return StoreTimeout
+    return None
+
+
+def map_weaviate_error(exc: BaseException, op: str = "request") -> StoreError:
+    """The StoreError for a client failure: 503, 504 or 502 once it reaches the API.
+
+    The client often wraps the transport error (an AioRpcError inside a
+    WeaviateQueryError, an httpx error inside a WeaviateConnectionError), so the whole
+    cause/context chain is searched; the outermost recognisable link decides.
+    """
+    if isinstance(exc, StoreError):
+        return exc
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    kind: type[StoreError] = StoreError
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        found = _classify(link)
+        if found is not None:
+            kind = found
+            break
+        link = link.__cause__ or link.__context__
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    mapped = kind(f"weaviate {op} failed: {detail}")
+    mapped.__cause__ = exc
+    return mapped
+
+
+# -- the store --------------------------------------------------------------------------
+
+
+class WeaviateVectorStore:
+    """Image records with their vectors in one Weaviate collection."""
+
+    def __init__(
+        self,
+        embedding_model: str,
+        dim: int,
+        http_host: str,
+        http_port: int = 8080,
+        http_secure: bool = False,
+        grpc_host: str | None = None,
+        grpc_port: int = 50051,
+        grpc_secure: bool = False,
+        api_key: str | None = None,
+        collection: str = "Image",
+        init_timeout_s: float = 10,
+        query_timeout_s: float = 30,
+        insert_timeout_s: float = 60,
+    ) -> None:
+        if dim <= 0:
+            raise ValueError("dim must be positive")
+        if not _COLLECTION_NAME.match(collection):
+            raise ValueError(
+                f"collection {collection!r} is not a Weaviate collection name "
+                "(a capital letter, then letters, digits or underscores)"
+            )
+        if min(init_timeout_s, query_timeout_s, insert_timeout_s) <= 0:
+            raise ValueError("timeouts must be positive")
+        self.embedding_model = embedding_model
+        self.dim = dim
+        self.http_host = http_host
+        self.http_port = http_port
+        self.http_secure = http_secure
+        self.grpc_host = grpc_host or http_host
+        self.grpc_port = grpc_port
+        self.grpc_secure = grpc_secure
+        self.collection_name = collection
+        self.init_timeout_s = init_timeout_s
+        self.query_timeout_s = query_timeout_s
+        self.insert_timeout_s = insert_timeout_s
+        self._api_key = api_key
+        self._client: weaviate.WeaviateAsyncClient | None = None
+        self._collection: CollectionAsync | None = None
+        # Coroutines of one process share the client; connect once.
+        self._open_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, embedding_model: str, dim: int, **kw: Any) -> WeaviateVectorStore:
+        """A store for ``http[s]://host[:port]``; gRPC on the same host unless kw says.
+
+        Without a port, http means 8080 (Weaviate's default) and https 443. gRPC is
+        secure when HTTP is, on port 50051 unless ``grpc_port`` is given.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL with a host: {url!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"a Weaviate URL has no path, query or fragment: {url!r}")
+        secure = parts.scheme == "https"
+        port = parts.port or (443 if secure else 8080)
+        kw.setdefault("grpc_secure", secure)
+        return cls(
+            embedding_model, dim, http_host=parts.hostname, http_port=port, http_secure=secure, **kw
+        )
+
+    # -- connection and schema ----------------------------------------------------
+
+    async def ensure_schema(self) -> None:
+        async with self._open_lock:
+            if self._collection is not None:
+                return
+            if self._client is None:
+                self._client = self._new_client()
+            client = self._client
+            try:
+                # Connecting reads /v1/meta (a query) besides the init checks.
+                await self._call(
+                    "connect", client.connect, self.init_timeout_s + self.query_timeout_s
+                )
+                collection = await self._open_or_create(client)
+            except BaseException:
+                self._client = None
+                await _close_quietly(client)
+                raise
+            self._collection = collection
+
+    def _new_client(self) -> weaviate.WeaviateAsyncClient:
+        return weaviate.use_async_with_custom(
+            http_host=self.http_host,
+            http_port=self.http_port,
+            http_secure=self.http_secure,
+            grpc_host=self.grpc_host,
+            grpc_port=self.grpc_port,
+            grpc_secure=self.grpc_secure,
+            auth_credentials=Auth.api_key(self._api_key) if self._api_key else None,
+            additional_config=AdditionalConfig(
+                timeout=Timeout(
+                    init=self.init_timeout_s,
+                    query=self.query_timeout_s,
+                    insert=self.insert_timeout_s,
+                )
+            ),
+        )
+
+    async def _open_or_create(self, client: weaviate.WeaviateAsyncClient) -> CollectionAsync:
+        if not await self._exists(client):
+            try:
+                await self._call(
+                    "create collection", lambda: self._create(client), self.insert_timeout_s
+                )
+            except StoreError:
+                # Usually "already exists": another replica won the race, and verifying
+                # its collection below is what matters. If it is not there, the create
+                # error is the one to report.
+                if not await self._exists(client):
+                    raise
+        await self._verify(client)
+        return client.collections.get(self.collection_name)
+
+    async def _exists(self, client: weaviate.WeaviateAsyncClient) -> bool:
+        name = self.collection_name
+        return bool(
+            await self._call(
+                "schema check", lambda: client.collections.exists(name), self.query_timeout_s
+            )
+        )
+
+    async def _create(self, client: weaviate.WeaviateAsyncClient) -> None:
+        await client.collections.create(
+            self.collection_name, **collection_config(self.embedding_model, self.dim)
+        )
+
+    async def _verify(self, client: weaviate.WeaviateAsyncClient) -> None:
+        """Refuse a collection made for another model or dim, or not made by this store."""
+        name = self.collection_name
+        config = await self._call(
+            "schema read", lambda: client.collections.get(name).config.get(), self.query_timeout_s
+        )
+        made_for = parse_collection_description(config.description)
+        if made_for is None:
+            raise StoreError(
+                f"collection {name!r} was not created by this service (description "
+                f"{config.description!r}); refusing to write into it"
+            )
+        model, dim = made_for
+        if (model, dim) != (self.embedding_model, self.dim):
+            raise EmbeddingMismatch(
+                f"collection {name!r} holds vectors of model {model!r} dim {dim}, not "
+                f"{self.embedding_model!r} dim {self.dim}"
+            )
+        distance = _distance_metric(config)
+        if distance is not None and distance != VectorDistances.COSINE:
+            raise StoreError(f"collection {name!r} uses {distance} distance, not cosine")
+        present = {prop.name for prop in config.properties}
+        missing = [p for p in _RECORD_PROPERTIES if p not in present]
+        if missing:
+            raise StoreError(f"collection {name!r} lacks properties {missing}")
+
+    async def _get_collection(self) -> CollectionAsync:
+        if self._collection is None:
+            await self.ensure_schema()
+        assert self._collection is not None
+        return self._collection
+
+    async def _call(self, op: str, start: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+        """Run one client call under a deadline, mapping every failure to a StoreError."""
+        try:
+            return await asyncio.wait_for(start(), timeout_s + _DEADLINE_MARGIN_S)
+        except StoreError:
+            raise
+        except asyncio.TimeoutError as e:
+            # Our deadline, not the client's: tell an outage from a slow server.
+            if await self._is_live():
+                raise StoreTimeout(f"weaviate {op} did not answer in {timeout_s:g} s") from e
+            raise StoreUnavailable(f"weaviate {op} failed: server unreachable") from e
+        except Exception as e:
+            raise map_weaviate_error(e, op) from e
+
+    async def _is_live(self) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            return bool(await asyncio.wait_for(client.is_live(), _LIVENESS_PROBE_S))
+        except Exception:
+            return False
+
+    # -- writes ------------------------------------------------------------------
+
+    async def upsert(self, images: Sequence[IndexedImage]) -> None:
+        if not images:
+            return
+        objects = self._to_objects(images)
+        collection = await self._get_collection()
+        failed: dict[str, str] = {}
+        for start in range(0, len(objects), _INSERT_CHUNK):
+            chunk = objects[start : start + _INSERT_CHUNK]
+            failed.update(await self._insert_chunk(collection, chunk))
+        if failed:
+            first = next(iter(failed.values()))
+            raise StoreError(
+                f"weaviate upsert failed for {len(failed)} of {len(objects)} records "
+                f"({', '.join(sorted(failed))}): {first}"
+            )
+
+    async def _insert_chunk(
+        self, collection: CollectionAsync, chunk: builtins.list[DataObject[Any, Any]]
+    ) -> dict[str, str]:
+        """Failed ids with their error messages; a batch write replaces existing ids."""
+        try:
+            result = await self._call(
+                "upsert", lambda: collection.data.insert_many(chunk), self.insert_timeout_s
+            )
+        except StoreError as e:
+            if isinstance(e.__cause__, WeaviateInsertManyAllFailedError):
+                return {str(obj.uuid): str(e.__cause__) for obj in chunk}
+            raise
+        return {str(chunk[i].uuid): error.message for i, error in result.errors.items()}
+
+    def _to_objects(self, images: Sequence[IndexedImage]) -> builtins.list[DataObject[Any, Any]]:
+        """Validate all, then convert; refuses other models' records and wrong vectors."""
+        ids: set[str] = set()
+        objects: builtins.list[DataObject[Any, Any]] = []
+        for image in images:
+            record = image.record
+            if record.embedding_model != self.embedding_model:
+                raise EmbeddingMismatch(
+                    f"record {record.id} was embedded by {record.embedding_model!r}; "
+                    f"this store holds {self.embedding_model!r}"
+                )
+            vector = np.asarray(image.vector)
+            if vector.shape != (self.dim,):
+                raise EmbeddingMismatch(
+                    f"record {record.id} has a vector of shape {vector.shape}, expected "
+                    f"({self.dim},)"
+                )
+            if not np.all(np.isfinite(vector)) or not np.any(vector):
+                raise ValueError(f"record {record.id} has a zero or non-finite vector")
+            if canonical_uuid(record.id) is None or record.id == _NIL_UUID:
+                raise ValueError(f"record id {record.id!r} is not a canonical, non-nil UUID")
+            if record.id in ids:
+                raise ValueError(f"record {record.id} appears twice in one upsert")
+            ids.add(record.id)
+            objects.append(
+                DataObject(
+                    properties=record_to_properties(record),
+                    uuid=record.id,
+                    vector=vector.astype(np.float32).tolist(),
+                )
+            )
+        return objects
+
+    async def delete(self, image_id: str) -> bool:
+        object_id = canonical_uuid(image_id)
+        if object_id is None:
+            return False
+        collection = await self._get_collection()
+        return bool(
+            await self._call(
+                "delete", lambda: collection.data.delete_by_id(object_id), self.insert_timeout_s
+            )
+        )
+
+    # -- reads -------------------------------------------------------------------
+
+    async def get(self, image_id: str) -> ImageRecord | None:
+        object_id = canonical_uuid(image_id)
+        if object_id is None:
+            return None
+        collection = await self._get_collection()
+        obj = await self._call(
+            "get",
+            lambda: collection.query.fetch_object_by_id(
+                object_id, return_properties=builtins.list(_RECORD_PROPERTIES)
+            ),
+            self.query_timeout_s,
+        )
+        return None if obj is None else properties_to_record(obj.uuid, obj.properties)
+
+    async def get_vector(self, image_id: str) -> np.ndarray | None:
+        object_id = canonical_uuid(image_id)
+        if object_id is None:
+            return None
+        collection = await self._get_collection()
+        obj = await self._call(
+            "get vector",
+            lambda: collection.query.fetch_object_by_id(
+                object_id, include_vector=True, return_properties=False
+            ),
+            self.query_timeout_s,
+        )
+        if obj is None:
+            return None
+        return np.asarray(_default_vector(obj.vector), dtype=np.float32)
+
+    async def count(self) -> int:
+        collection = await self._get_collection()
+        result = await self._call(
+            "count",
+            lambda: collection.aggregate.over_all(total_count=True),
+            self.query_timeout_s,
+        )
+        return int(result.total_count or 0)
+
+    async def list(self, limit: int, cursor: str | None = None) -> Page:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        after = decode_cursor(cursor) if cursor is not None else _NIL_UUID
+        collection = await self._get_collection()
+        # One more than asked tells whether another page exists, so the last page comes
+        # back with next_cursor None instead of leaving an empty page to fetch.
+        result = await self._call(
+            "list",
+            lambda: collection.query.fetch_objects(
+                limit=limit + 1,
+                after=after,
+                return_properties=builtins.list(_RECORD_PROPERTIES),
+            ),
+            self.query_timeout_s,
+        )
+        records = [properties_to_record(o.uuid, o.properties) for o in result.objects[:limit]]
+        next_cursor = encode_cursor(records[-1].id) if len(result.objects) > limit else None
+        return Page(records=records, next_cursor=next_cursor)
+
+    async def search(self, vector: np.ndarray, limit: int) -> builtins.list[SearchHit]:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        query_vector = np.asarray(vector, dtype=np.float32)
+        if query_vector.shape != (self.dim,):
+            raise EmbeddingMismatch(
+                f"query vector has shape {query_vector.shape}, expected ({self.dim},)"
+            )
+        if not np.all(np.isfinite(query_vector)) or not np.any(query_vector):
+            raise ValueError("query vector is zero or non-finite")
+        collection = await self._get_collection()
+        result = await self._call(
+            "search",
+            lambda: collection.query.near_vector(
+                near_vector=query_vector.tolist(),
+                limit=limit,
+                return_metadata=MetadataQuery(distance=True),
+                return_properties=builtins.list(_RECORD_PROPERTIES),
+            ),
+            self.query_timeout_s,
+        )
+        hits: builtins.list[SearchHit] = []
+        for obj in result.objects:
+            distance = obj.metadata.distance
+            if distance is None:
+                raise StoreError("weaviate search returned an object without a distance")
+            hits.append(
+                SearchHit(
+                    record=properties_to_record(obj.uuid, obj.properties),
+                    score=similarity_from_distance(distance),
+                )
+            )
+        hits.sort(key=lambda hit: hit.score, reverse=True)
+        return hits
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def close(self) -> None:
+        # Idempotent; a later call on this store connects again.
+        async with self._open_lock:
+            client, self._client, self._collection = self._client, None, None
+            if client is not None:
+                await _close_quietly(client)
+
+
+def _default_vector(vector: Any) -> Any:
+    # v4 returns {"default": [...]} for the unnamed vector; older shapes were a bare list.
+    if isinstance(vector, Mapping):
+        if "default" in vector:
+            return vector["default"]
+        if len(vector) == 1:
+            return next(iter(vector.values()))
+        raise StoreError(f"object has several vectors ({sorted(vector)}), expected one")
+    return vector
+
+
+def _distance_metric(config: Any) -> VectorDistances | None:
+    """The distance of the collection's vector index, wherever this client reports it."""
+    index = getattr(config, "vector_index_config", None)
+    if index is None:
+        named = getattr(config, "vector_config", None) or {}
+        default = named.get("default")
+        index = getattr(default, "vector_index_config", None)
+    return getattr(index, "distance_metric", None)
+
+
+async def _close_quietly(client: weaviate.WeaviateAsyncClient) -> None:
+    # Best effort: the client is being dropped anyway.
+    with contextlib.suppress(Exception):
+        await client.close()
