@@ -52,6 +52,35 @@ class BlobStream:
     chunks: AsyncIterator[bytes]
 
 
+def checked_vectors(
+    images: Sequence[IndexedImage], embedding_model: str, dim: int
+) -> builtins.list[np.ndarray]:
+    """The rule every vector store applies before writing: one model and one dimension
+    per collection, finite non-zero vectors, no id twice in one upsert (two rows with
+    one id in one batch would both be inserted). Returns the vectors as float32."""
+    ids: set[str] = set()
+    vectors: builtins.list[np.ndarray] = []
+    for image in images:
+        record = image.record
+        if record.embedding_model != embedding_model:
+            raise EmbeddingMismatch(
+                f"record {record.id} was embedded by {record.embedding_model!r}; "
+                f"this store holds {embedding_model!r}"
+            )
+        vector = np.asarray(image.vector, dtype=np.float32)
+        if vector.shape != (dim,):
+            raise EmbeddingMismatch(
+                f"record {record.id} has a vector of shape {vector.shape}, expected ({dim},)"
+            )
+        if not np.all(np.isfinite(vector)) or not np.any(vector):
+            raise ValueError(f"record {record.id} has a zero or non-finite vector")
+        if record.id in ids:
+            raise ValueError(f"record {record.id} appears twice in one upsert")
+        ids.add(record.id)
+        vectors.append(vector)
+    return vectors
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Image records with their vectors.

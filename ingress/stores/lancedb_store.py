@@ -39,7 +39,7 @@ from lancedb.index import IvfPq
 from lancedb.query import ColumnOrdering
 
 from ingress.records import ImageRecord, IndexedImage, Page, SearchHit
-from ingress.stores.base import EmbeddingMismatch, StoreError, StoreTimeout
+from ingress.stores.base import EmbeddingMismatch, StoreError, StoreTimeout, checked_vectors
 
 T = TypeVar("T")
 
@@ -289,28 +289,7 @@ class LanceDBVectorStore:
 
     def _to_arrow(self, images: Sequence[IndexedImage]) -> pa.Table:
         """Validate and convert; refuses other models' records and wrongly shaped vectors."""
-        ids: set[str] = set()
-        vectors = np.empty((len(images), self.dim), dtype=np.float32)
-        for i, image in enumerate(images):
-            record = image.record
-            if record.embedding_model != self.embedding_model:
-                raise EmbeddingMismatch(
-                    f"record {record.id} was embedded by {record.embedding_model!r}; "
-                    f"this store holds {self.embedding_model!r}"
-                )
-            vector = np.asarray(image.vector)
-            if vector.shape != (self.dim,):
-                raise EmbeddingMismatch(
-                    f"record {record.id} has a vector of shape {vector.shape}, expected "
-                    f"({self.dim},)"
-                )
-            if not np.all(np.isfinite(vector)) or not np.any(vector):
-                raise ValueError(f"record {record.id} has a zero or non-finite vector")
-            # Two rows with one id in one merge would both be inserted.
-            if record.id in ids:
-                raise ValueError(f"record {record.id} appears twice in one upsert")
-            ids.add(record.id)
-            vectors[i] = vector
+        vectors = np.stack(checked_vectors(images, self.embedding_model, self.dim))
         columns: dict[str, builtins.list[Any]] = {name: [] for name in _RECORD_COLUMNS}
         for image in images:
             row = image.record.model_dump()

@@ -66,7 +66,13 @@ from weaviate.exceptions import (
 )
 
 from ingress.records import ImageRecord, IndexedImage, Page, SearchHit
-from ingress.stores.base import EmbeddingMismatch, StoreError, StoreTimeout, StoreUnavailable
+from ingress.stores.base import (
+    EmbeddingMismatch,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+    checked_vectors,
+)
 
 T = TypeVar("T")
 
@@ -543,33 +549,17 @@ class WeaviateVectorStore:
 
     def _to_objects(self, images: Sequence[IndexedImage]) -> builtins.list[DataObject[Any, Any]]:
         """Validate all, then convert; refuses other models' records and wrong vectors."""
-        ids: set[str] = set()
+        vectors = checked_vectors(images, self.embedding_model, self.dim)
         objects: builtins.list[DataObject[Any, Any]] = []
-        for image in images:
+        for image, vector in zip(images, vectors, strict=True):
             record = image.record
-            if record.embedding_model != self.embedding_model:
-                raise EmbeddingMismatch(
-                    f"record {record.id} was embedded by {record.embedding_model!r}; "
-                    f"this store holds {self.embedding_model!r}"
-                )
-            vector = np.asarray(image.vector)
-            if vector.shape != (self.dim,):
-                raise EmbeddingMismatch(
-                    f"record {record.id} has a vector of shape {vector.shape}, expected "
-                    f"({self.dim},)"
-                )
-            if not np.all(np.isfinite(vector)) or not np.any(vector):
-                raise ValueError(f"record {record.id} has a zero or non-finite vector")
             if canonical_uuid(record.id) is None or record.id == _NIL_UUID:
                 raise ValueError(f"record id {record.id!r} is not a canonical, non-nil UUID")
-            if record.id in ids:
-                raise ValueError(f"record {record.id} appears twice in one upsert")
-            ids.add(record.id)
             objects.append(
                 DataObject(
                     properties=record_to_properties(record),
                     uuid=record.id,
-                    vector=vector.astype(np.float32).tolist(),
+                    vector=vector.tolist(),
                 )
             )
         return objects
