@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import FormData, UploadFile
 
+from ingress.access import AccessControl
 from ingress.body_limit import BodySizeLimit
 from ingress.errors import ApiError, install_error_handlers
 from ingress.fetch import SafeFetcher
@@ -48,7 +49,8 @@ logger = logging.getLogger("ingress.api")
 _MULTIPART_OVERHEAD = 64 * 1024
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 502, 503, 504)
+    status: {"model": ErrorResponse}
+    for status in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
 }
 _MULTIPART_OR_JSON = {
     "requestBody": {
@@ -94,9 +96,30 @@ app = FastAPI(
     responses=_ERRORS,
 )
 install_error_handlers(app)
-# The limit is known only once a replica has its arguments; until then, the default.
-app.state.max_body_bytes = AppArgs().intake.max_upload_bytes + _MULTIPART_OVERHEAD
-app.add_middleware(BodySizeLimit, limit=lambda: int(app.state.max_body_bytes))
+# Limits and keys are known only once a replica has its arguments; until then, defaults.
+_defaults = AppArgs()
+app.state.max_body_bytes = _defaults.intake.max_upload_bytes + _MULTIPART_OVERHEAD
+app.state.max_json_bytes = _defaults.intake.max_json_bytes
+app.state.keyring = None
+app.state.limiter = None
+app.add_middleware(
+    BodySizeLimit,
+    limit=lambda: int(app.state.max_body_bytes),
+    json_limit=lambda: int(app.state.max_json_bytes),
+)
+
+
+def _count_rejection(status: int, code: str) -> None:
+    service_metrics().errors.inc(tags={"status": str(status), "code": code})
+
+
+# Added last, so outermost: keys and rate limits are checked before any body is read.
+app.add_middleware(
+    AccessControl,
+    auth=lambda: app.state.keyring,
+    limiter=lambda: app.state.limiter,
+    on_reject=_count_rejection,
+)
 
 
 # Module helpers come before the class: Serve pickles the ingress class by value when
@@ -140,6 +163,10 @@ class ImageSearchApi:
         self, captioner: DeploymentHandle, embedder: DeploymentHandle, args: AppArgs
     ) -> None:
         self.args = args
+        # Before any await: a missing key variable fails the replica at once.
+        app.state.keyring = args.auth.keyring()
+        app.state.limiter = args.rate_limit.limiter()
+        app.state.max_json_bytes = args.intake.max_json_bytes
         self.models = await ServedModels.connect(captioner, embedder, args.model_timeout_s)
         vectors, blobs = await open_stores(
             args.storage, self.models.embedding_model, self.models.embedding_dim

@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingress.asgi_errors import send_json_error
 from ingress.intake_errors import PayloadTooLarge
 
 
 class BodySizeLimit:
     """413 when Content-Length says too much; PayloadTooLarge (mapped to 413 by the
-    error handlers) as soon as a streamed body without one goes past the limit."""
+    error handlers) as soon as a streamed body without one goes past the limit.
+    JSON bodies get their own, much smaller limit."""
 
-    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: Callable[[], int], json_limit: Callable[[], int]
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.json_limit = json_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit()
-        declared = _content_length(scope)
+        headers = dict(scope.get("headers", []))
+        is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+        limit = self.json_limit() if is_json else self.limit()
+        declared = _content_length(headers.get(b"content-length"))
         if declared is not None and declared > limit:
-            await _reject(send, f"request body of {declared} bytes exceeds {limit} bytes")
+            message = f"request body of {declared} bytes exceeds {limit} bytes"
+            await send_json_error(send, 413, "payload_too_large", message, {"Connection": "close"})
             return
         received = 0
 
@@ -42,28 +48,8 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-async def _reject(send: Send, message: str) -> None:
-    body: dict[str, Any] = {"error": {"code": "payload_too_large", "message": message}}
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+def _content_length(value: bytes | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

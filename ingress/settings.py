@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.captioner import CaptionerSettings
 from deployments.embedder import EmbedderSettings
+from ingress.access import AuthArgs, RateLimitArgs
 from ingress.fetch import FetchPolicy
 from ingress.imaging import ImageLimits
 
@@ -87,6 +88,8 @@ class IntakeArgs(_Strict):
     max_frames: int = Field(default=1000, ge=1)
     # Longest side of the decoded copy sent to the model deployments.
     model_image_side: int = Field(default=512, ge=32, le=1024)
+    # JSON bodies (URLs, queries, tags) are small; images come as multipart.
+    max_json_bytes: int = Field(default=64 * 1024, ge=1024, le=MiB)
     max_tags: int = Field(default=20, ge=0, le=200)
     max_tag_chars: int = Field(default=64, ge=1, le=256)
 
@@ -136,5 +139,7 @@ class AppArgs(_Strict):
     intake: IntakeArgs = Field(default_factory=IntakeArgs)
     url_fetch: UrlFetchArgs = Field(default_factory=UrlFetchArgs)
     search: SearchArgs = Field(default_factory=SearchArgs)
+    auth: AuthArgs = Field(default_factory=AuthArgs)
+    rate_limit: RateLimitArgs = Field(default_factory=RateLimitArgs)
     # A model call slower than this becomes a 504 for its request.
     model_timeout_s: float = Field(default=120.0, gt=0)
