@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -117,6 +118,18 @@ class VectorStore(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class BlobInfo:
+    """One stored blob as a listing sees it."""
+
+    # The key as put() took it (no backend prefix).
+    key: str
+    # When its bytes were last written; timezone-aware, UTC. A put of the same key
+    # again moves it forward, so it tells a blob an ingest is writing right now from
+    # one left behind long ago.
+    modified_at: datetime
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """Original image bytes under content-addressed keys."""
@@ -139,6 +152,18 @@ class BlobStore(Protocol):
         """Idempotent: deleting a missing key is not an error."""
 
     async def exists(self, key: str) -> bool: ...
+
+    async def stat(self, key: str) -> BlobInfo | None:
+        """The blob's BlobInfo, or None when there is no blob under key."""
+
+    def list_blobs(self) -> AsyncIterator[BlobInfo]:
+        """Every stored blob, each once, in no particular order (an async generator).
+
+        Only keys that put() could have taken: a backend's own files (temp files,
+        metadata) and foreign objects with invalid keys are left out. Blobs put or
+        deleted while the listing runs may or may not appear. Failures surface from the
+        iteration as StoreError.
+        """
 
     async def close(self) -> None: ...
 

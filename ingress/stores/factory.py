@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from ingress.settings import LanceDBArgs, LocalBlobArgs, S3Args, StorageArgs, WeaviateArgs
 from ingress.stores.base import BlobStore, VectorStore
@@ -42,22 +43,27 @@ async def open_vector_store(storage: StorageArgs, embedding_model: str, dim: int
     return store
 
 
+def weaviate_options(config: WeaviateArgs) -> dict[str, Any]:
+    """Connection settings for WeaviateVectorStore.from_url, the API key from the
+    environment variable the config names (read now, never at import)."""
+    api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+    return {
+        "grpc_host": config.grpc_host,
+        "grpc_port": config.grpc_port,
+        "grpc_secure": config.grpc_secure,
+        "api_key": api_key or None,
+        "collection": config.collection,
+        "init_timeout_s": config.init_timeout_s,
+        "query_timeout_s": config.query_timeout_s,
+        "insert_timeout_s": config.insert_timeout_s,
+    }
+
+
 def _weaviate(config: WeaviateArgs, embedding_model: str, dim: int) -> VectorStore:
     from ingress.stores.weaviate_store import WeaviateVectorStore
 
-    api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
     return WeaviateVectorStore.from_url(
-        config.url,
-        embedding_model,
-        dim,
-        grpc_host=config.grpc_host,
-        grpc_port=config.grpc_port,
-        grpc_secure=config.grpc_secure,
-        api_key=api_key or None,
-        collection=config.collection,
-        init_timeout_s=config.init_timeout_s,
-        query_timeout_s=config.query_timeout_s,
-        insert_timeout_s=config.insert_timeout_s,
+        config.url, embedding_model, dim, **weaviate_options(config)
     )
 
 

@@ -240,6 +240,39 @@ class LanceDBVectorStore:
         if not pa.types.is_fixed_size_list(vector_type) or vector_type.list_size != self.dim:
             raise EmbeddingMismatch(f"vector column is {vector_type}, expected dim {self.dim}")
 
+    @staticmethod
+    async def recorded_embedding(path: str | Path, table_name: str = "images") -> tuple[str, int]:
+        """(embedding_model, dim) that an existing table was created for, read from its
+        schema metadata: what a tool that must not load the models needs to open the
+        store. Creates nothing; StoreError naming the path when there is no such table
+        or it was not created by this store."""
+        path = Path(path)
+        # Checked first: connecting to a directory that is not there would create it.
+        if not await asyncio.to_thread(path.is_dir):
+            raise StoreError(f"no LanceDB database at {path}")
+        with _store_errors("open"):
+            db = await lancedb.connect_async(path)
+            try:
+                # list_tables pages; the one name asked for is all that matters here.
+                if table_name not in await _table_names(db):
+                    raise StoreError(f"no table {table_name!r} in the LanceDB database at {path}")
+                table = await db.open_table(table_name)
+                try:
+                    schema = await table.schema()
+                finally:
+                    table.close()
+            finally:
+                db.close()
+        meta = schema.metadata or {}
+        model = meta.get(META_EMBEDDING_MODEL, b"").decode()
+        dim_text = meta.get(META_DIM, b"").decode()
+        if not model or not dim_text.isdigit() or int(dim_text) <= 0:
+            raise StoreError(
+                f"table {table_name!r} at {path} records no embedding model and dim; "
+                "it was not created by this service"
+            )
+        return model, int(dim_text)
+
     async def _get_table(self) -> lancedb.AsyncTable:
         if self._table is None:
             await self.ensure_schema()
@@ -418,6 +451,17 @@ class LanceDBVectorStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+async def _table_names(db: lancedb.AsyncConnection) -> set[str]:
+    names: set[str] = set()
+    page_token: str | None = None
+    while True:
+        response = await db.list_tables(page_token=page_token)
+        names.update(response.tables)
+        page_token = response.page_token
+        if not page_token:
+            return names
 
 
 def _record_from_row(row: dict[str, Any]) -> ImageRecord:

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
+import stat
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from ingress.stores.base import Blob, BlobNotFound, BlobStream, StoreError
+from ingress.stores.base import Blob, BlobInfo, BlobNotFound, BlobStream, StoreError
 
 SIDECAR_SUFFIX = ".meta.json"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _TEMP_PREFIX = ".tmp-"
+# Blobs that list_blobs gathers per trip to the worker thread.
+_LIST_BATCH = 1000
 
 
 class LocalBlobStore:
@@ -96,8 +101,64 @@ class LocalBlobStore:
         path, _ = self._paths(key)
         return await asyncio.to_thread(lambda: self._inside(path).is_file())
 
+    async def stat(self, key: str) -> BlobInfo | None:
+        path, _ = self._paths(key)
+        try:
+            return await asyncio.to_thread(self._stat_sync, key, path)
+        except OSError as e:
+            raise StoreError(f"could not stat blob {key!r}: {e}") from e
+
+    async def list_blobs(self) -> AsyncIterator[BlobInfo]:
+        # The walk runs in a worker thread a batch at a time, so that neither the event
+        # loop nor memory holds the whole tree at once.
+        found = self._walk_sync()
+        while True:
+            try:
+                batch = await asyncio.to_thread(_take, found, _LIST_BATCH)
+            except OSError as e:
+                raise StoreError(f"could not list blobs under {self.root}: {e}") from e
+            if not batch:
+                return
+            for info in batch:
+                yield info
+
     async def close(self) -> None:
         """Nothing to release: every call opens and closes its own files."""
+
+    def _stat_sync(self, key: str, path: Path) -> BlobInfo | None:
+        try:
+            st = self._inside(path).stat()
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return BlobInfo(key=key, modified_at=_mtime(st))
+
+    def _walk_sync(self) -> Iterator[BlobInfo]:
+        """Data files under root, as BlobInfo. Skips what no key can name: sidecars,
+        temp files and anything else whose name starts with ".", symlinks, and names
+        that are not valid key parts. A file deleted during the walk is skipped."""
+        pending: list[tuple[Path, str]] = [(self.root, "")]
+        while pending:
+            directory, prefix = pending.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue  # no root yet, or a directory removed meanwhile
+            for entry in sorted(entries, key=lambda e: e.name):
+                name = entry.name
+                if name.startswith(".") or "\\" in name:
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((Path(entry.path), f"{prefix}{name}/"))
+                        continue
+                    if name.endswith(SIDECAR_SUFFIX) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield BlobInfo(key=prefix + name, modified_at=_mtime(st))
 
     def _put_sync(self, path: Path, sidecar: Path, data: bytes, meta: bytes) -> None:
         _write_atomic(self._inside(sidecar), meta)
@@ -137,6 +198,14 @@ class LocalBlobStore:
         # Data first, so that no reader finds data without its sidecar.
         self._inside(path).unlink(missing_ok=True)
         self._inside(sidecar).unlink(missing_ok=True)
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime, timezone.utc)
+
+
+def _take(items: Iterator[BlobInfo], n: int) -> list[BlobInfo]:
+    return list(itertools.islice(items, n))
 
 
 async def _read_chunks(f: BinaryIO, chunk_size: int, key: str) -> AsyncIterator[bytes]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from botocore.config import Config
 
 from ingress.stores.base import (
     Blob,
+    BlobInfo,
     BlobNotFound,
     BlobStream,
     StoreError,
@@ -54,6 +56,8 @@ _NO_CREDENTIALS = (
 )
 # Error codes of a missing object (HEAD answers carry only the status as code).
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+# Keys per ListObjectsV2 request (S3's own maximum).
+_LIST_PAGE_SIZE = 1000
 
 T = TypeVar("T")
 
@@ -147,6 +151,34 @@ class S3BlobStore:
     async def exists(self, key: str) -> bool:
         full = self._object_key(key)
         return await self._run(f"head of {key!r}", functools.partial(self._exists_sync, full))
+
+    async def stat(self, key: str) -> BlobInfo | None:
+        full = self._object_key(key)
+        modified = await self._run(f"head of {key!r}", functools.partial(self._head_sync, full))
+        return None if modified is None else BlobInfo(key=key, modified_at=_utc(modified))
+
+    async def list_blobs(self) -> AsyncIterator[BlobInfo]:
+        # A paginator makes no request until iterated; each page is one request, made
+        # in a worker thread.
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages: Iterator[dict[str, Any]] = iter(
+            paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self.prefix,
+                PaginationConfig={"PageSize": _LIST_PAGE_SIZE},
+            )
+        )
+        while True:
+            page = await self._run("listing", functools.partial(next, pages, None))
+            if page is None:
+                return
+            for obj in page.get("Contents") or ():
+                key = str(obj["Key"]).removeprefix(self.prefix)
+                try:
+                    _validate_key(key)
+                except ValueError:
+                    continue  # not a key put() could have written, e.g. a folder marker
+                yield BlobInfo(key=key, modified_at=_utc(obj["LastModified"]))
 
     async def close(self) -> None:
         """Closes the connection pool; idempotent."""
@@ -259,13 +291,18 @@ class S3BlobStore:
                 raise
 
     def _exists_sync(self, full: str) -> bool:
+        return self._head_sync(full) is not None
+
+    def _head_sync(self, full: str) -> datetime | None:
+        """The object's LastModified, None when there is no such object."""
         try:
-            self._client.head_object(Bucket=self.bucket, Key=full)
+            response = self._client.head_object(Bucket=self.bucket, Key=full)
         except bce.ClientError as e:
             if _error_code(e) in _NOT_FOUND_CODES:
-                return False
+                return None
             raise
-        return True
+        modified: datetime = response["LastModified"]
+        return modified
 
     def _ensure_bucket_sync(self) -> None:
         try:
@@ -325,6 +362,11 @@ def _display_endpoint(endpoint_url: str) -> str:
     except ValueError:
         return "<invalid endpoint>"
     return f"{parts.scheme}://{host}{port}"
+
+
+def _utc(dt: datetime) -> datetime:
+    # botocore parses S3 timestamps as aware datetimes in its own tzutc.
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
 def _error_code(e: bce.ClientError) -> str:

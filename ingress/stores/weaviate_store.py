@@ -393,6 +393,42 @@ class WeaviateVectorStore:
             embedding_model, dim, http_host=parts.hostname, http_port=port, http_secure=secure, **kw
         )
 
+    @classmethod
+    async def recorded_embedding(cls, url: str, **kw: Any) -> tuple[str, int]:
+        """(embedding_model, dim) that an existing collection was created for, read from
+        the description this store writes: what a tool that must not load the models
+        needs to open the store. ``url`` and ``kw`` as for from_url. Creates nothing;
+        StoreError naming the collection when it does not exist or was not created by
+        this store."""
+        # The probe's own model and dim are placeholders that nothing compares with.
+        probe = cls.from_url(url, "", 1, **kw)
+        try:
+            return await probe._read_recorded_embedding()
+        finally:
+            await probe.close()
+
+    async def _read_recorded_embedding(self) -> tuple[str, int]:
+        async with self._open_lock:
+            if self._client is None:
+                self._client = self._new_client()
+            client = self._client
+        await self._call("connect", client.connect, self.init_timeout_s + self.query_timeout_s)
+        name = self.collection_name
+        if not await self._exists(client):
+            raise StoreError(
+                f"no collection {name!r} in weaviate at {self.http_host}:{self.http_port}"
+            )
+        config = await self._call(
+            "schema read", lambda: client.collections.get(name).config.get(), self.query_timeout_s
+        )
+        made_for = parse_collection_description(config.description)
+        if made_for is None:
+            raise StoreError(
+                f"collection {name!r} was not created by this service (description "
+                f"{config.description!r})"
+            )
+        return made_for
+
     # -- connection and schema ----------------------------------------------------
 
     async def ensure_schema(self) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from ingress.records import ImageRecord, IndexedImage, blob_key_for
 from ingress.stores.base import (
+    BlobInfo,
     BlobNotFound,
     BlobStore,
     BlobStream,
@@ -559,6 +560,71 @@ async def test_blob_keys_cannot_traverse(blob_store: BlobStore, key: str) -> Non
         await blob_store.exists(key)
     with pytest.raises(ValueError):
         await blob_store.delete(key)
+    with pytest.raises(ValueError):
+        await blob_store.stat(key)
+
+
+# S3 keeps whole seconds; a file system's clock may lag the wall clock a little.
+_CLOCK_SLACK = timedelta(seconds=2)
+
+
+async def listed_blobs(store: BlobStore) -> dict[str, BlobInfo]:
+    infos = [info async for info in store.list_blobs()]
+    keys = [info.key for info in infos]
+    assert len(keys) == len(set(keys)), "a key listed twice"
+    return {info.key: info for info in infos}
+
+
+async def test_blob_list_empty(blob_store: BlobStore) -> None:
+    assert await listed_blobs(blob_store) == {}
+
+
+async def test_blob_list_has_every_key_with_its_write_time(blob_store: BlobStore) -> None:
+    before = datetime.now(timezone.utc)
+    keys = [blob_key_for(uuid.uuid4().hex * 2) for _ in range(5)] + ["flat", "a/b/c"]
+    for key in keys:
+        await blob_store.put(key, os.urandom(10), "image/png")
+    after = datetime.now(timezone.utc)
+
+    listed = await listed_blobs(blob_store)
+
+    assert set(listed) == set(keys)
+    for info in listed.values():
+        assert isinstance(info, BlobInfo)
+        assert info.modified_at.utcoffset() == timedelta(0)
+        assert before - _CLOCK_SLACK <= info.modified_at <= after + _CLOCK_SLACK
+    await blob_store.delete(keys[0])
+    assert set(await listed_blobs(blob_store)) == set(keys[1:])
+
+
+async def test_blob_list_can_stop_early(blob_store: BlobStore) -> None:
+    for i in range(3):
+        await blob_store.put(blob_key_for(f"{i:02x}" * 32), b"x", "image/png")
+    listing = blob_store.list_blobs()
+    first = await anext(listing)
+    assert first.key in {blob_key_for(f"{i:02x}" * 32) for i in range(3)}
+    assert isinstance(listing, AsyncGenerator)
+    await listing.aclose()
+    assert len(await listed_blobs(blob_store)) == 3
+
+
+async def test_blob_stat(blob_store: BlobStore) -> None:
+    key = blob_key_for("bc" * 32)
+    assert await blob_store.stat(key) is None
+
+    before = datetime.now(timezone.utc)
+    await blob_store.put(key, b"bytes", "image/png")
+    info = await blob_store.stat(key)
+
+    assert info is not None and info.key == key
+    assert info.modified_at.utcoffset() == timedelta(0)
+    assert before - _CLOCK_SLACK <= info.modified_at <= datetime.now(timezone.utc) + _CLOCK_SLACK
+    # The listing tells the same time (to S3's whole seconds).
+    listed = (await listed_blobs(blob_store))[key]
+    assert abs(listed.modified_at - info.modified_at) < timedelta(seconds=1)
+
+    await blob_store.delete(key)
+    assert await blob_store.stat(key) is None
 
 
 # -- BlobStore from several processes -------------------------------------------------
@@ -653,3 +719,65 @@ async def test_local_blob_store_refuses_symlink_out_of_root(tmp_path: Path) -> N
     with pytest.raises(ValueError):
         await store.put("ab/" + "ab" * 32, b"x", "image/png")
     assert list(outside.iterdir()) == []
+
+
+async def test_local_blob_listing_leaves_out_its_own_files(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    key = blob_key_for("de" * 32)
+    await store.put(key, b"x", "image/png")
+    root = store.root
+    (root / "de" / ".tmp-abandoned").write_bytes(b"half a put")
+    (root / "de" / ("01" * 32 + ".meta.json")).write_bytes(b"{}")  # a sidecar alone
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "file").write_bytes(b"x")
+    (root / "outside-link").symlink_to(tmp_path)
+    assert set(await listed_blobs(store)) == {key}
+
+
+async def test_local_blob_listing_of_a_missing_root_is_empty(tmp_path: Path) -> None:
+    assert await listed_blobs(LocalBlobStore(tmp_path / "never-written")) == {}
+
+
+async def test_local_blob_listing_pages_through_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ingress.stores.local_blobs._LIST_BATCH", 2)
+    store = LocalBlobStore(tmp_path)
+    keys = {blob_key_for(f"{i:02x}" * 32) for i in range(7)}
+    for key in keys:
+        await store.put(key, b"x", "image/png")
+    assert set(await listed_blobs(store)) == keys
+
+
+# -- S3 only ------------------------------------------------------------------------
+
+
+async def test_s3_listing_pages_and_stays_under_its_prefix(
+    moto_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    from ingress.stores.s3_blobs import S3BlobStore
+    from tests.stores.s3_backend import unique_bucket
+
+    monkeypatch.setattr("ingress.stores.s3_blobs._LIST_PAGE_SIZE", 2)
+    bucket = unique_bucket("listing")
+    store = S3BlobStore(bucket, prefix="images", endpoint_url=moto_s3_endpoint, create_bucket=True)
+    other = S3BlobStore(bucket, prefix="images-old", endpoint_url=moto_s3_endpoint)
+    try:
+        await store.ensure_bucket()
+        keys = {blob_key_for(f"{i:02x}" * 32) for i in range(5)}
+        for key in keys:
+            await store.put(key, b"x", "image/png")
+        await other.put(blob_key_for("ff" * 32), b"x", "image/png")
+        raw = boto3.client("s3", endpoint_url=moto_s3_endpoint)
+        # A console-made folder marker and a key no put() takes: not blobs.
+        raw.put_object(Bucket=bucket, Key="images/folder/", Body=b"")
+        raw.put_object(Bucket=bucket, Key="images/ab/../cd", Body=b"")
+        raw.close()
+
+        assert set(await listed_blobs(store)) == keys
+        assert set(await listed_blobs(other)) == {blob_key_for("ff" * 32)}
+    finally:
+        await store.close()
+        await other.close()
