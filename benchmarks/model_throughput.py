@@ -26,10 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from deployments.captioner import DEFAULT_CAPTION_MODEL, BlipCaptioner, CaptionerSettings
-from deployments.embedder import DEFAULT_EMBEDDING_MODEL, ClipEmbedder, EmbedderSettings
-from deployments.model_loading import DtypeChoice, ModelSettings
+from deployments.captioner import BlipCaptioner
+from deployments.embedder import ClipEmbedder
 from deployments.random_weights import save_random_blip, save_random_clip
+from deployments.settings import (
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_EMBEDDING_MODEL,
+    CaptionerSettings,
+    DtypeChoice,
+    EmbedderSettings,
+    ModelSettings,
+)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.settings import BatchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +25,6 @@ MAX_TEXT_CHARS = 2000
 
 class InvalidModelInput(ValueError):
     """An item a model deployment refuses before it joins a batch."""
-
-
-class BatchSettings(BaseModel):
-    """Dynamic batching knobs; changed at runtime through the deployment's user_config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_batch_size: int = Field(default=8, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(default=0.02, ge=0.0, le=10.0)
 
 
 def apply_batch_settings(batch_method: Any, settings: BatchSettings) -> None:

@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from ray import serve
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from deployments.batching import (
-    BatchSettings,
     Liveness,
     apply_batch_settings,
     current_batch_settings,
@@ -22,24 +21,11 @@ from deployments.batching import (
     unwrap,
     validate_image_array,
 )
-from deployments.model_loading import ModelSettings, load_pretrained
+from deployments.model_loading import load_pretrained
 from deployments.probe import probe_image
+from deployments.settings import BatchSettings, CaptionerSettings
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
-
-
-class CaptionerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: ModelSettings = Field(
-        default_factory=lambda: ModelSettings(model_id=DEFAULT_CAPTION_MODEL)
-    )
-    max_new_tokens: int = Field(default=20, ge=1, le=128)
-    num_beams: int = Field(default=1, ge=1, le=8)
-    # Conditional captioning: BLIP continues this text, e.g. "a photograph of".
-    prompt: str | None = None
 
 
 class CaptionerInfo(BaseModel):

@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from ray import serve
 from transformers import CLIPModel, CLIPProcessor
 
 from deployments.batching import (
-    BatchSettings,
     Liveness,
     apply_batch_settings,
     current_batch_settings,
@@ -23,29 +22,11 @@ from deployments.batching import (
     validate_image_array,
     validate_text,
 )
-from deployments.model_loading import ModelSettings, load_pretrained
+from deployments.model_loading import load_pretrained
 from deployments.probe import probe_image
+from deployments.settings import EmbedderBatching, EmbedderSettings
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_EMBEDDING_MODEL = "openai/clip-vit-base-patch32"
-
-
-class EmbedderSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: ModelSettings = Field(
-        default_factory=lambda: ModelSettings(model_id=DEFAULT_EMBEDDING_MODEL)
-    )
-
-
-class EmbedderBatching(BaseModel):
-    """user_config of the embedder: one batch queue for images, one for texts."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image: BatchSettings = Field(default_factory=lambda: BatchSettings(max_batch_size=16))
-    text: BatchSettings = Field(default_factory=lambda: BatchSettings(max_batch_size=16))
 
 
 class EmbedderInfo(BaseModel):

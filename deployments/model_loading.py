@@ -11,35 +11,19 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
-
-DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-
-
-class ModelSettings(BaseModel):
-    """Which model to load and how; the same shape for both model deployments."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model_id: str = Field(description="Hugging Face hub id or a local directory.")
-    # "auto", "cpu", "cuda" or "cuda:N".
-    device: str = "auto"
-    dtype: DtypeChoice = "auto"
-    # torch intra-op threads; match it to the CPUs the replica reserves so that
-    # replicas sharing a machine do not oversubscribe the cores.
-    num_threads: int | None = Field(default=None, ge=1)
-    revision: str | None = None
 
 
 @dataclass(frozen=True)

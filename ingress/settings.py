@@ -10,8 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.captioner import CaptionerSettings
-from deployments.embedder import EmbedderSettings
+from deployments.settings import CaptionerSettings, EmbedderSettings
 from ingress.access import AuthArgs, RateLimitArgs
 from ingress.fetch import FetchPolicy
 from ingress.imaging import ImageLimits

@@ -19,8 +19,7 @@ from packaging.version import Version
 from pydantic import BaseModel
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.batching import BatchSettings
-from deployments.embedder import EmbedderBatching
+from deployments.settings import BatchSettings, EmbedderBatching
 from ingress.settings import AppArgs, S3Args, WeaviateArgs
 
 if sys.version_info >= (3, 11):

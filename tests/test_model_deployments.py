@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from deployments.batching import InvalidModelInput
-from deployments.captioner import BlipCaptioner, CaptionerSettings
-from deployments.embedder import ClipEmbedder, EmbedderSettings
-from deployments.model_loading import ModelSettings
+from deployments.captioner import BlipCaptioner
+from deployments.embedder import ClipEmbedder
+from deployments.settings import CaptionerSettings, EmbedderSettings, ModelSettings
 from tests.tiny_models import TINY_DIM
 
 # A batch queue lives on the event loop that created it, as in a replica: one loop per module.

@@ -7,7 +7,8 @@ import torch
 from transformers import CLIPModel, CLIPProcessor
 
 from deployments import model_loading
-from deployments.model_loading import ModelSettings, load_pretrained, resolve_placement
+from deployments.model_loading import load_pretrained, resolve_placement
+from deployments.settings import ModelSettings
 
 
 def test_auto_placement_is_bf16_on_cpus_with_fast_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

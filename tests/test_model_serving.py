@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from ray import serve
 
-from deployments.captioner import Captioner, CaptionerSettings
-from deployments.embedder import Embedder, EmbedderSettings
-from deployments.model_loading import ModelSettings
+from deployments.captioner import Captioner
+from deployments.embedder import Embedder
+from deployments.settings import CaptionerSettings, EmbedderSettings, ModelSettings
 from tests.tiny_models import TINY_DIM
 
 APP = "models-under-test"
