@@ -82,6 +82,19 @@ def checked_vectors(
     return vectors
 
 
+def checked_query(vector: np.ndarray, limit: int, dim: int) -> np.ndarray:
+    """The same rule for a search: a positive limit and a usable vector of the
+    collection's dimension. Returns the vector as float32."""
+    if limit <= 0:
+        raise ValueError("limit must be positive")
+    query = np.asarray(vector, dtype=np.float32)
+    if query.shape != (dim,):
+        raise EmbeddingMismatch(f"query vector has shape {query.shape}, expected ({dim},)")
+    if not np.all(np.isfinite(query)) or not np.any(query):
+        raise ValueError("query vector is zero or non-finite")
+    return query
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Image records with their vectors.

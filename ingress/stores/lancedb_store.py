@@ -39,7 +39,13 @@ from lancedb.index import IvfPq
 from lancedb.query import ColumnOrdering
 
 from ingress.records import ImageRecord, IndexedImage, Page, SearchHit
-from ingress.stores.base import EmbeddingMismatch, StoreError, StoreTimeout, checked_vectors
+from ingress.stores.base import (
+    EmbeddingMismatch,
+    StoreError,
+    StoreTimeout,
+    checked_query,
+    checked_vectors,
+)
 
 T = TypeVar("T")
 
@@ -386,15 +392,7 @@ class LanceDBVectorStore:
         return Page(records=records, next_cursor=next_cursor)
 
     async def search(self, vector: np.ndarray, limit: int) -> builtins.list[SearchHit]:
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        query_vector = np.asarray(vector, dtype=np.float32)
-        if query_vector.shape != (self.dim,):
-            raise EmbeddingMismatch(
-                f"query vector has shape {query_vector.shape}, expected ({self.dim},)"
-            )
-        if not np.all(np.isfinite(query_vector)) or not np.any(query_vector):
-            raise ValueError("query vector is zero or non-finite")
+        query_vector = checked_query(vector, limit, self.dim)
         table = await self._get_table()
         # No index exists until create_ann_index_if_large builds one, so small tables get
         # an exact flat scan; refine_factor only matters once an IVF_PQ index is there.

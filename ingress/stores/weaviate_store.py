@@ -71,6 +71,7 @@ from ingress.stores.base import (
     StoreError,
     StoreTimeout,
     StoreUnavailable,
+    checked_query,
     checked_vectors,
 )
 
@@ -673,15 +674,7 @@ class WeaviateVectorStore:
         return Page(records=records, next_cursor=next_cursor)
 
     async def search(self, vector: np.ndarray, limit: int) -> builtins.list[SearchHit]:
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        query_vector = np.asarray(vector, dtype=np.float32)
-        if query_vector.shape != (self.dim,):
-            raise EmbeddingMismatch(
-                f"query vector has shape {query_vector.shape}, expected ({self.dim},)"
-            )
-        if not np.all(np.isfinite(query_vector)) or not np.any(query_vector):
-            raise ValueError("query vector is zero or non-finite")
+        query_vector = checked_query(vector, limit, self.dim)
         collection = await self._get_collection()
         result = await self._call(
             "search",
