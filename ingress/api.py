@@ -72,6 +72,19 @@ _MULTIPART_OR_JSON = {
         }
     }
 }
+_MULTIPART_UPLOAD = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        }
+    }
+}
 _MULTIPART_IMAGE = {
     "requestBody": {
         "content": {
@@ -195,7 +208,14 @@ class ImageSearchApi:
         responses={200: {"model": AddedImage, "description": "Already indexed."}},
         summary="Add an image by upload (multipart `file`) or by URL (JSON `url`)",
     )
-    @app.post("/images/add", status_code=201, response_model=AddedImage, deprecated=True)
+    @app.post(
+        "/images/add",
+        status_code=201,
+        response_model=AddedImage,
+        openapi_extra=_MULTIPART_OR_JSON,
+        responses={200: {"model": AddedImage, "description": "Already indexed."}},
+        deprecated=True,
+    )
     async def add_image(self, request: Request, response: Response) -> AddedImage:
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
@@ -279,6 +299,8 @@ class ImageSearchApi:
             media_type=stream.content_type,
             headers={
                 "Content-Length": str(stream.size),
+                # Stored bytes may be valid-image polyglots: never let a browser sniff.
+                "X-Content-Type-Options": "nosniff",
                 # Content-addressed: the bytes behind an id never change.
                 "Cache-Control": "public, max-age=31536000, immutable",
             },
@@ -309,7 +331,12 @@ class ImageSearchApi:
         openapi_extra=_MULTIPART_IMAGE,
         summary="Find images similar to an uploaded one",
     )
-    @app.post("/images/search/image", response_model=SearchResponse, deprecated=True)
+    @app.post(
+        "/images/search/image",
+        response_model=SearchResponse,
+        openapi_extra=_MULTIPART_IMAGE,
+        deprecated=True,
+    )
     async def search_image(self, request: Request) -> SearchResponse:
         form = await self._form(request)
         image = await self._decode_upload(form)
@@ -327,7 +354,7 @@ class ImageSearchApi:
     @app.post(
         "/embed-image/",
         response_model=EmbedImageResponse,
-        openapi_extra=_MULTIPART_IMAGE,
+        openapi_extra=_MULTIPART_UPLOAD,
         summary="Caption and embed an image without storing it (BLIP x CLIP seed API)",
     )
     @app.post("/embed-image", response_model=EmbedImageResponse, include_in_schema=False)

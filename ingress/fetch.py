@@ -240,8 +240,9 @@ class SafeFetcher:
             raise
         # Before ClientError and OSError: aiohttp's timeouts subclass both.
         except asyncio.TimeoutError as exc:
-            detail = str(exc) or f"no answer within {self._policy.total_timeout_s} s"
-            raise FetchTimeout(f"fetching the URL timed out: {detail}") from exc
+            raise FetchTimeout(
+                f"fetching the URL timed out (deadline {self._policy.total_timeout_s:g} s)"
+            ) from exc
         except aiohttp.InvalidURL as exc:
             raise BadUrl(f"invalid URL: {exc}") from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -249,7 +250,9 @@ class SafeFetcher:
             cause = exc.__cause__
             if isinstance(cause, IntakeError):
                 raise cause from exc
-            raise FetchFailed(f"fetching the URL failed: {str(exc) or type(exc).__name__}") from exc
+            # Only the kind of failure: aiohttp's messages can quote the upstream's bytes,
+            # and the upstream may be an internal host the client should learn nothing of.
+            raise FetchFailed(f"fetching the URL failed ({type(exc).__name__})") from exc
 
     async def close(self) -> None:
         if self._session is not None:
@@ -300,7 +303,7 @@ class SafeFetcher:
                     url = _redirect_target(url, resp.headers.get("Location"))
                     continue
                 if not 200 <= resp.status < 300:
-                    raise FetchFailed(f"upstream answered HTTP {resp.status} {resp.reason or ''}")
+                    raise FetchFailed(f"upstream answered HTTP {resp.status}")
                 data = await self._read_body(resp)
                 return FetchedBody(data=data, url=str(url), content_type=_media_type(resp))
         raise FetchFailed(f"too many redirects (more than {self._policy.max_redirects})")

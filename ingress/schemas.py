@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ingress.records import ImageRecord
 
@@ -51,12 +51,13 @@ class AddByUrl(_Body):
 
 class TextSearch(_Body):
     query: str = Field(min_length=1)
-    limit: int | None = Field(default=None, ge=1)
+    # Strict: true or "3" is a client bug, not a limit.
+    limit: StrictInt | None = Field(default=None, ge=1)
 
 
 class UrlSearch(_Body):
     url: str = Field(min_length=1, max_length=4096)
-    limit: int | None = Field(default=None, ge=1)
+    limit: StrictInt | None = Field(default=None, ge=1)
 
 
 class DeleteBody(BaseModel):
