@@ -1,0 +1,304 @@
+"""Schema-driven fuzzing of the HTTP API with schemathesis, against the OpenAPI schema
+the deployed application serves itself, through a real local Ray and real HTTP.
+
+For every operation in the schema, schema-valid (positive) and schema-violating
+(negative) requests, a bounded and derandomized number of each, must get:
+- no 5xx other than the dependency errors 502/503/504, and those with a JSON error body;
+- a status code the schema documents for that operation;
+- a Content-Type and a body that match what the schema documents for that status.
+
+Every generated `url` that would be fetched over http(s) is pointed at a discard port on
+127.0.0.1 first (the app runs the default fetch policy, which refuses it): fuzzing must
+not send traffic anywhere else.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from ray import serve
+from schemathesis import Case, GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from yarl import URL
+
+from deployments.captioner import Captioner
+from deployments.embedder import Embedder
+from ingress.api import Ingress
+from ingress.api import app as api_app
+from ingress.app import compose
+from ingress.settings import AppArgs
+
+APP = "fuzz"
+MAX_EXAMPLES = 25
+DEPENDENCY_ERRORS = frozenset({502, 503, 504})
+# Port 9 ("discard"): nothing listens there, and the default policy never dials it.
+LOOPBACK_URL = "http://127.0.0.1:9/fuzzed.jpg"
+
+# The operations, read from the same FastAPI app the replicas serve, so that a new route
+# is fuzzed (and shows up here) without editing this file.
+OPERATIONS = sorted(
+    (method.upper(), path)
+    for path, item in api_app.openapi()["paths"].items()
+    for method in item
+    if method in {"get", "post", "put", "patch", "delete"}
+)
+# Negative cases need something that can violate the schema: a query parameter or a
+# body. Free-form string path parameters accept anything a URL can carry.
+NEGATABLE = [
+    (method, path)
+    for method, path in OPERATIONS
+    if any(
+        p["in"] == "query"
+        for p in api_app.openapi()["paths"][path][method.lower()].get("parameters", [])
+    )
+    or "requestBody" in api_app.openapi()["paths"][path][method.lower()]
+]
+CHECKS = [
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def fuzz_base_url(
+    ray_session: str,
+    tiny_blip_dir: Path,
+    tiny_clip_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    args = AppArgs.model_validate(
+        {
+            "storage": {"data_dir": str(tmp_path_factory.mktemp("fuzz-data"))},
+            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 4},
+            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
+            "intake": {"max_upload_bytes": 256 * 1024},
+        }
+    )
+    zero: dict[str, Any] = {"num_cpus": 0}
+    app = compose(
+        args,
+        Captioner.options(ray_actor_options=zero),
+        Embedder.options(ray_actor_options=zero),
+        Ingress.options(ray_actor_options=zero),
+    )
+    serve.run(app, name=APP, route_prefix=f"/{APP}")
+    base_url = f"{ray_session}/{APP}"
+    # Records for listings and searches to return, so their schemas get checked too.
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        for seed in range(3):
+            added = client.post("/images", files={"file": ("s.png", _png(seed), "image/png")})
+            assert added.status_code == 201, added.text
+    yield base_url
+    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def known_ids(fuzz_base_url: str) -> dict[str, str]:
+    """An existing image per method, so that fuzzed operations on /images/{image_id}
+    also meet their 200 and 204 answers, not only 404s. DELETE gets its own."""
+    ids = {}
+    with httpx.Client(base_url=fuzz_base_url, timeout=60) as client:
+        for seed, method in enumerate(("GET", "DELETE"), start=100):
+            added = client.post("/images", files={"file": ("k.png", _png(seed), "image/png")})
+            assert added.status_code == 201, added.text
+            ids[method] = added.json()["id"]
+    return ids
+
+
+@pytest.fixture(scope="module")
+def served_schema(fuzz_base_url: str) -> Any:
+    return schemathesis.openapi.from_url(f"{fuzz_base_url}/openapi.json")
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        s.trust_env = False  # no proxies from the environment: loopback only
+        yield s
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _keep_on_loopback(case: Case) -> Case:
+    """Replace a generated body `url` that the service would fetch with a loopback one.
+
+    The service parses with the same yarl, so anything yarl reads as http(s) with a
+    host is rewritten; everything else (other schemes, garbage) is sent as generated.
+    """
+    body = case.body
+    raw = body.get("url") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(raw, str):
+        try:
+            url = URL(raw.strip())
+            fetchable = url.scheme in ("http", "https") and bool(url.raw_host)
+        except (ValueError, TypeError):
+            fetchable = False
+        if fetchable:
+            case.body = {**body, "url": LOOPBACK_URL}
+    return case
+
+
+def _no_unexpected_server_error(response: schemathesis.Response) -> None:
+    if response.status_code < 500:
+        return
+    assert response.status_code in DEPENDENCY_ERRORS, (
+        f"{response.request.method} {response.request.url} -> {response.status_code}: "
+        f"{response.text_lossy()[:500]}"
+    )
+    content_type = response.headers.get("content-type", [""])[0]  # lower-case names
+    assert content_type.startswith("application/json"), content_type
+    error = response.json()["error"]
+    assert isinstance(error["code"], str) and isinstance(error["message"], str)
+
+
+def _rejects_negative_data(ctx: Any, response: Any, case: Case) -> bool | None:
+    """schemathesis's negative_data_rejection, minus what it cannot judge or what is
+    pinned elsewhere, so that which examples 25 draws happen to include cannot flip it:
+    - multipart bodies: the form wire format carries only strings and absent fields, so
+      a "violated type" is often a valid value on the wire (`null` sent as the string
+      "null", an empty list or "" sent as no field). The multipart endpoints' refusals
+      are covered by test_hostile_http.py and test_http_e2e.py;
+    - a JSON `limit` that is a boolean or a numeric string: the known lax-parsing bug,
+      pinned by test_json_limit_must_be_an_integer."""
+    if (case.media_type or "").startswith("multipart/"):
+        return None
+    body = case.body if isinstance(case.body, dict) else {}
+    if isinstance(body.get("limit"), bool | str):
+        return None
+    return negative_data_rejection(ctx, response, case)
+
+
+def _fuzz(
+    schema: Any,
+    base_url: str,
+    session: requests.Session,
+    method: str,
+    path: str,
+    mode: GenerationMode,
+    known_id: str | None = None,
+) -> None:
+    operation = schema[path][method]
+    checks = [*CHECKS, _rejects_negative_data] if mode is GenerationMode.NEGATIVE else CHECKS
+    strategy = operation.as_strategy(generation_mode=mode)
+    if known_id is not None and "{image_id}" in path:
+        known = operation.as_strategy(generation_mode=mode, path_parameters={"image_id": known_id})
+        strategy = st.one_of(strategy, known)
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @given(case=strategy.map(_keep_on_loopback))
+    def run(case: Case) -> None:
+        response = case.call(base_url=base_url, session=session, timeout=60)
+        _no_unexpected_server_error(response)
+        case.validate_response(response, checks=checks)
+
+    run()
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_schema_valid_requests(
+    served_schema: Any,
+    fuzz_base_url: str,
+    known_ids: dict[str, str],
+    session: requests.Session,
+    method: str,
+    path: str,
+) -> None:
+    _fuzz(
+        served_schema,
+        fuzz_base_url,
+        session,
+        method,
+        path,
+        GenerationMode.POSITIVE,
+        known_ids.get(method),
+    )
+
+
+@pytest.mark.parametrize(("method", "path"), NEGATABLE)
+def test_schema_violating_requests(
+    served_schema: Any,
+    fuzz_base_url: str,
+    session: requests.Session,
+    method: str,
+    path: str,
+) -> None:
+    _fuzz(served_schema, fuzz_base_url, session, method, path, GenerationMode.NEGATIVE)
+
+
+def test_served_schema_is_the_apps_schema(fuzz_base_url: str, session: requests.Session) -> None:
+    served = session.get(f"{fuzz_base_url}/openapi.json", timeout=30).json()
+    assert sorted(
+        (method.upper(), path) for path, item in served["paths"].items() for method in item
+    ) == sorted(OPERATIONS)
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "abc"])
+def test_embed_image_rejects_or_does_not_document_limit(
+    served_schema: Any, fuzz_base_url: str, session: requests.Session, limit: str
+) -> None:
+    form = served_schema.raw_schema["paths"]["/embed-image/"]["post"]["requestBody"]
+    documents_limit = "limit" in form["content"]["multipart/form-data"]["schema"]["properties"]
+    response = session.post(
+        f"{fuzz_base_url}/embed-image/",
+        files={"file": ("s.png", _png(7), "image/png")},
+        data={"limit": limit},
+        timeout=60,
+    )
+    # Either the field is not part of the contract, or a value it forbids is refused.
+    assert not documents_limit or response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize("limit", [True, "3"])
+@pytest.mark.parametrize("path", ["/search/text", "/search/url"])
+def test_json_limit_must_be_an_integer(
+    fuzz_base_url: str, session: requests.Session, path: str, limit: Any
+) -> None:
+    body = {"query": "a cat"} if path == "/search/text" else {"url": LOOPBACK_URL}
+    response = session.post(f"{fuzz_base_url}{path}", json={**body, "limit": limit}, timeout=60)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_seed_add_alias_answers_only_documented_statuses(
+    served_schema: Any, fuzz_base_url: str, session: requests.Session
+) -> None:
+    # The fixture added these bytes already.
+    response = session.post(
+        f"{fuzz_base_url}/images/add", files={"file": ("s.png", _png(0), "image/png")}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["duplicate"] is True
+    case = served_schema["/images/add"]["POST"].Case()
+    case.validate_response(response, checks=[status_code_conformance])
