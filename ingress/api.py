@@ -52,55 +52,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse}
     for status in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
 }
-_MULTIPART_OR_JSON = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "tags": {
-                            "type": "string",
-                            "description": "Comma-separated; the field may repeat.",
-                        },
-                    },
-                }
-            },
-            "application/json": {"schema": AddByUrl.model_json_schema()},
-        }
-    }
-}
-_MULTIPART_UPLOAD = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
+
+
+def _multipart_upload(extra_fields: dict[str, Any], json_body: type[Any] | None = None) -> Any:
+    """OpenAPI request body of a route that reads its own multipart form (FastAPI cannot
+    infer it), with a `file` field, the given extra fields, and optionally JSON."""
+    content: dict[str, Any] = {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}, **extra_fields},
             }
         }
     }
-}
-_MULTIPART_IMAGE = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "limit": {"type": "integer", "minimum": 1},
-                    },
-                }
-            }
-        }
-    }
-}
+    if json_body is not None:
+        content["application/json"] = {"schema": json_body.model_json_schema()}
+    return {"requestBody": {"content": content}}
+
+
+_TAGS_FIELD = {"type": "string", "description": "Comma-separated; the field may repeat."}
+_MULTIPART_OR_JSON = _multipart_upload({"tags": _TAGS_FIELD}, json_body=AddByUrl)
+_MULTIPART_UPLOAD = _multipart_upload({})
+_MULTIPART_IMAGE = _multipart_upload({"limit": {"type": "integer", "minimum": 1}})
 
 app = FastAPI(
     title="Image search",
