@@ -38,12 +38,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from yarl import URL
 
-from deployments.captioner import Captioner
-from deployments.embedder import Embedder
-from ingress.api import Ingress
 from ingress.api import app as api_app
-from ingress.app import compose
 from ingress.settings import AppArgs
+from tests.served_app import deploy_graph
 
 APP = "fuzz"
 MAX_EXAMPLES = 25
@@ -93,14 +90,7 @@ def fuzz_base_url(
             "intake": {"max_upload_bytes": 256 * 1024},
         }
     )
-    zero: dict[str, Any] = {"num_cpus": 0}
-    app = compose(
-        args,
-        Captioner.options(ray_actor_options=zero),
-        Embedder.options(ray_actor_options=zero),
-        Ingress.options(ray_actor_options=zero),
-    )
-    serve.run(app, name=APP, route_prefix=f"/{APP}")
+    deploy_graph(args, APP, f"/{APP}")
     base_url = f"{ray_session}/{APP}"
     # Records for listings and searches to return, so their schemas get checked too.
     with httpx.Client(base_url=base_url, timeout=60) as client:

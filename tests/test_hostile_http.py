@@ -39,11 +39,9 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from deployments.captioner import Captioner
-from deployments.embedder import Embedder
-from ingress.api import Ingress
-from ingress.app import compose
 from ingress.settings import AppArgs
+from tests.served_app import Deployed as ServedApp
+from tests.served_app import deploy_graph
 
 MAX_UPLOAD = 512 * 1024
 MAX_FRAMES = 50
@@ -371,15 +369,8 @@ def _gzip_route(data: bytes) -> Route:
 
 
 @dataclass
-class Deployed:
-    client: httpx.Client
-    data_dir: Path
-
-    def state(self) -> tuple[int, list[Path]]:
-        total = self.client.get("/images").json()["total"]
-        root = self.data_dir / "blobs"
-        blobs = sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-        return total, blobs
+class Deployed(ServedApp):
+    """The shared app handle, with the checks every hostile case repeats."""
 
     def assert_refused(self, response: httpx.Response, status: int, code: str) -> None:
         assert response.status_code == status, response.text
@@ -414,14 +405,7 @@ def _deploy(
             "url_fetch": url_fetch,
         }
     )
-    zero: dict[str, Any] = {"num_cpus": 0}
-    app = compose(
-        args,
-        Captioner.options(ray_actor_options=zero),
-        Embedder.options(ray_actor_options=zero),
-        Ingress.options(ray_actor_options=zero),
-    )
-    serve.run(app, name=name, route_prefix=f"/{name}")
+    deploy_graph(args, name, f"/{name}")
     client = httpx.Client(base_url=f"{base_url}/{name}", timeout=60)
     return Deployed(client, data_dir)
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from ray import serve
 
-from deployments.captioner import Captioner
-from deployments.embedder import Embedder
-from ingress.api import Ingress
-from ingress.app import compose
 from ingress.settings import AppArgs
+from tests.served_app import deploy_graph
 
 WRITER = "w" * 8 + "-writer-key-0123456789"
 READER = "r" * 8 + "-reader-key-0123456789"
@@ -40,18 +36,7 @@ def secured(
             "rate_limit": {"enabled": True, "requests_per_s": 0.01, "burst": BURST},
         }
     )
-    zero: dict[str, Any] = {"num_cpus": 0}
-    ingress: dict[str, Any] = {
-        "num_cpus": 0,
-        "runtime_env": {"env_vars": {"TEST_IMAGESEARCH_KEYS": KEYS}},
-    }
-    app = compose(
-        args,
-        Captioner.options(ray_actor_options=zero),
-        Embedder.options(ray_actor_options=zero),
-        Ingress.options(ray_actor_options=ingress),
-    )
-    serve.run(app, name="secured", route_prefix="/secured")
+    deploy_graph(args, "secured", "/secured", ingress_env={"TEST_IMAGESEARCH_KEYS": KEYS})
     with httpx.Client(base_url=f"{ray_session}/secured", timeout=60) as client:
         yield client
     serve.delete("secured")

@@ -16,11 +16,8 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from deployments.captioner import Captioner
-from deployments.embedder import Embedder
-from ingress.api import Ingress
-from ingress.app import compose
 from ingress.settings import AppArgs
+from tests.served_app import Deployed, blob_files, deploy_graph
 from tests.tiny_models import TINY_DIM
 
 MAX_UPLOAD = 1024 * 1024
@@ -92,14 +89,7 @@ def service(
             "url_fetch": {"allow_private_addresses": True},
         }
     )
-    zero: dict[str, Any] = {"num_cpus": 0}
-    app = compose(
-        args,
-        Captioner.options(ray_actor_options=zero),
-        Embedder.options(ray_actor_options=zero),
-        Ingress.options(ray_actor_options=zero),
-    )
-    serve.run(app, name="imagesearch", route_prefix="/")
+    deploy_graph(args, "imagesearch", "/")
     with httpx.Client(base_url=ray_session, timeout=60) as client:
         yield client, data_dir
     serve.delete("imagesearch")
@@ -110,11 +100,6 @@ def client(service: tuple[httpx.Client, Path]) -> httpx.Client:
     return service[0]
 
 
-def _blob_files(data_dir: Path) -> list[Path]:
-    root = data_dir / "blobs"
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
 def _upload(
     client: httpx.Client, data: bytes, path: str = "/images", **fields: str
 ) -> httpx.Response:
@@ -122,8 +107,7 @@ def _upload(
 
 
 def _state(service: tuple[httpx.Client, Path]) -> tuple[int, list[Path]]:
-    client, data_dir = service
-    return client.get("/images").json()["total"], _blob_files(data_dir)
+    return Deployed(*service).state()
 
 
 def test_health_and_docs(client: httpx.Client) -> None:
@@ -226,7 +210,7 @@ def test_add_get_content_list_search_delete(
     searched = client.post("/search/text", json={"query": "anything", "limit": 100}).json()
     assert gone not in {r["image"]["id"] for r in searched["results"]}
     # Every remaining record has exactly its blob; the deleted one's is gone.
-    assert len(_blob_files(data_dir)) == 2 * listed["total"]  # data + content-type sidecar
+    assert len(blob_files(data_dir)) == 2 * listed["total"]  # data + content-type sidecar
 
 
 def test_seed_compatible_calls(client: httpx.Client, image_server: str) -> None:

@@ -16,11 +16,8 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from deployments.captioner import Captioner
-from deployments.embedder import Embedder
-from ingress.api import Ingress
-from ingress.app import compose
 from ingress.settings import AppArgs
+from tests.served_app import deploy_graph
 from tests.stores.s3_backend import DUMMY_AWS_ENV, moto_s3_endpoint, unique_bucket
 
 __all__ = ["moto_s3_endpoint"]  # the fixture, imported for this module's tests
@@ -62,16 +59,7 @@ def s3_service(
             "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
         }
     )
-    zero: dict[str, Any] = {"num_cpus": 0}
-    # Credentials reach the ingress replica the way a Secret would: as env vars.
-    ingress_options: dict[str, Any] = {"num_cpus": 0, "runtime_env": {"env_vars": DUMMY_AWS_ENV}}
-    app = compose(
-        args,
-        Captioner.options(ray_actor_options=zero),
-        Embedder.options(ray_actor_options=zero),
-        Ingress.options(ray_actor_options=ingress_options),
-    )
-    serve.run(app, name="imagesearch-s3", route_prefix="/s3")
+    deploy_graph(args, "imagesearch-s3", "/s3", ingress_env=DUMMY_AWS_ENV)
     raw_s3 = boto3.client("s3", endpoint_url=moto_s3_endpoint, region_name="us-east-1")
     with httpx.Client(base_url=f"{ray_session}/s3", timeout=60) as client:
         yield client, raw_s3, bucket

@@ -15,7 +15,6 @@ import io
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,8 @@ import ray
 from PIL import Image
 from ray import serve
 
-from deployments.captioner import Captioner
-from deployments.embedder import Embedder
-from ingress.api import Ingress
-from ingress.app import compose
 from ingress.settings import AppArgs
+from tests.served_app import Deployed, deploy_graph
 
 APP = "replica-failure"
 # The longest wait BatchSettings allows; the kill comes long before it runs out.
@@ -39,18 +35,6 @@ FAST_BATCH: dict[str, Any] = {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
 # Bounds on waiting for something to happen (never asserted as durations).
 IN_FLIGHT_WITHIN_S = 8.0
 RECOVERY_WITHIN_S = 90.0
-
-
-@dataclass
-class Deployed:
-    client: httpx.Client
-    data_dir: Path
-
-    def state(self) -> tuple[int, list[Path]]:
-        total = self.client.get("/images").json()["total"]
-        root = self.data_dir / "blobs"
-        blobs = sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-        return total, blobs
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +53,17 @@ def deployed(
             "model_timeout_s": 60,
         }
     )
-    zero: dict[str, Any] = {"num_cpus": 0}
-    app = compose(
+    deploy_graph(
         args,
-        Captioner.options(ray_actor_options=zero, user_config=SLOW_BATCH, health_check_period_s=1),
+        APP,
+        f"/{APP}",
+        captioner_options={"user_config": SLOW_BATCH, "health_check_period_s": 1},
         # Text queries wait in the queue; image embeddings (part of every ingest) do not.
-        Embedder.options(
-            ray_actor_options=zero,
-            user_config={"image": FAST_BATCH, "text": SLOW_BATCH},
-            health_check_period_s=1,
-        ),
-        Ingress.options(ray_actor_options=zero),
+        embedder_options={
+            "user_config": {"image": FAST_BATCH, "text": SLOW_BATCH},
+            "health_check_period_s": 1,
+        },
     )
-    serve.run(app, name=APP, route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"{ray_session}/{APP}", timeout=120) as client:
         yield Deployed(client, data_dir)
     serve.delete(APP)

@@ -1,0 +1,57 @@
+"""Deploying the real graph for a test module: test replicas at num_cpus 0 (the machine
+has 2 cores and each replica would reserve one), through the same compose() the
+builder uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from ray import serve
+
+from deployments.captioner import Captioner
+from deployments.embedder import Embedder
+from ingress.api import Ingress
+from ingress.app import compose
+from ingress.settings import AppArgs
+
+
+def deploy_graph(
+    args: AppArgs,
+    name: str,
+    route_prefix: str,
+    *,
+    ingress_env: dict[str, str] | None = None,
+    captioner_options: dict[str, Any] | None = None,
+    embedder_options: dict[str, Any] | None = None,
+) -> None:
+    """serve.run the graph; `ingress_env` reaches the ingress replica as environment
+    variables, the way a Kubernetes Secret would."""
+    zero: dict[str, Any] = {"num_cpus": 0}
+    ingress_actor = {**zero, "runtime_env": {"env_vars": ingress_env}} if ingress_env else zero
+    app = compose(
+        args,
+        Captioner.options(ray_actor_options=zero, **(captioner_options or {})),
+        Embedder.options(ray_actor_options=zero, **(embedder_options or {})),
+        Ingress.options(ray_actor_options=ingress_actor),
+    )
+    serve.run(app, name=name, route_prefix=route_prefix)
+
+
+def blob_files(data_dir: Path) -> list[Path]:
+    root = data_dir / "blobs"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@dataclass
+class Deployed:
+    """A deployed app on the embedded stores: its client and where it keeps data."""
+
+    client: httpx.Client
+    data_dir: Path
+
+    def state(self) -> tuple[int, list[Path]]:
+        """What is stored: the record count and the blob files."""
+        return self.client.get("/images").json()["total"], blob_files(self.data_dir)
