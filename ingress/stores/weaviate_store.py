@@ -419,6 +419,15 @@ class WeaviateVectorStore:
             raise StoreError(
                 f"no collection {name!r} in weaviate at {self.http_host}:{self.http_port}"
             )
+        _, made_for = await self._recorded_config(client)
+        return made_for
+
+    async def _recorded_config(
+        self, client: weaviate.WeaviateAsyncClient
+    ) -> tuple[Any, tuple[str, int]]:
+        """The collection's config and the (model, dim) its description records; a
+        StoreError for a collection this store did not create."""
+        name = self.collection_name
         config = await self._call(
             "schema read", lambda: client.collections.get(name).config.get(), self.query_timeout_s
         )
@@ -426,9 +435,9 @@ class WeaviateVectorStore:
         if made_for is None:
             raise StoreError(
                 f"collection {name!r} was not created by this service (description "
-                f"{config.description!r})"
+                f"{config.description!r}); refusing to use it"
             )
-        return made_for
+        return config, made_for
 
     # -- connection and schema ----------------------------------------------------
 
@@ -500,16 +509,7 @@ class WeaviateVectorStore:
     async def _verify(self, client: weaviate.WeaviateAsyncClient) -> None:
         """Refuse a collection made for another model or dim, or not made by this store."""
         name = self.collection_name
-        config = await self._call(
-            "schema read", lambda: client.collections.get(name).config.get(), self.query_timeout_s
-        )
-        made_for = parse_collection_description(config.description)
-        if made_for is None:
-            raise StoreError(
-                f"collection {name!r} was not created by this service (description "
-                f"{config.description!r}); refusing to write into it"
-            )
-        model, dim = made_for
+        config, (model, dim) = await self._recorded_config(client)
         if (model, dim) != (self.embedding_model, self.dim):
             raise EmbeddingMismatch(
                 f"collection {name!r} holds vectors of model {model!r} dim {dim}, not "
