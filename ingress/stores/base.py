@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ingress.records import ImageRecord, IndexedImage, Page, SearchHit
+from ingress.records import ImageFilter, ImageRecord, IndexedImage, Page, SearchHit
 
 
 class StoreError(Exception):
@@ -119,14 +119,46 @@ class VectorStore(Protocol):
     async def delete(self, image_id: str) -> bool:
         """True when a record was removed, False when there was none."""
 
-    async def list(self, limit: int, cursor: str | None = None) -> Page:
-        """Records ordered by id; pass next_cursor back to get the following page."""
+    async def list(
+        self, limit: int, cursor: str | None = None, filters: ImageFilter | None = None
+    ) -> Page:
+        """Records ordered by id, only those the filter admits; pass next_cursor back
+        (with the same filter) to get the following page."""
 
-    async def count(self) -> int: ...
+    async def count(self, filters: ImageFilter | None = None) -> int:
+        """How many records the filter admits (all of them without one)."""
 
     # builtins.list: inside this class body `list` is the method above.
-    async def search(self, vector: np.ndarray, limit: int) -> builtins.list[SearchHit]:
-        """Nearest records by cosine similarity, best first."""
+    async def search(
+        self, vector: np.ndarray, limit: int, filters: ImageFilter | None = None
+    ) -> builtins.list[SearchHit]:
+        """The nearest records the filter admits, by cosine similarity, best first.
+
+        Each hit has score = vector_score = the cosine similarity, and its vector.
+        The filter is applied before the limit: a filter never shortens a result that
+        more admitted records could have filled.
+        """
+
+    async def keyword_search(
+        self, text: str, limit: int, filters: ImageFilter | None = None
+    ) -> builtins.list[SearchHit]:
+        """BM25 over captions: records whose caption contains at least one of the
+        text's terms (case-insensitive), the filter applied first, best first.
+
+        Each hit has score = keyword_score = the store's BM25 score (positive; larger is
+        a better match; not comparable between backends), and its vector. Text with no
+        searchable term finds nothing.
+        """
+
+    async def update_tags(self, image_id: str, tags: Sequence[str]) -> ImageRecord | None:
+        """Replace a record's tags, leaving everything else as it is; the updated record,
+        or None when there is no record with that id."""
+
+    async def update_caption(
+        self, image_id: str, caption: str, caption_model: str
+    ) -> ImageRecord | None:
+        """Replace a record's caption (and the model that wrote it); keyword search finds
+        it by the new caption from then on. The updated record, or None."""
 
     async def close(self) -> None: ...
 
