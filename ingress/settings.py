@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.settings import CaptionerSettings, EmbedderSettings
 from ingress.access import AuthArgs, RateLimitArgs
 from ingress.fetch import FetchPolicy
 from ingress.imaging import ImageLimits
+from ingress.thumbnails import Thumbnailer, ThumbnailFormat
 
 MiB = 1024 * 1024
 
@@ -22,12 +23,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class IndexUpkeepArgs(_Strict):
+    """Background index upkeep of the LanceDB store (ingress.stores.lancedb_index)."""
+
+    enabled: bool = True
+    # Exact search below this many rows; the ANN index (IVF_RQ, re-ranked) from here on.
+    ann_min_rows: int = Field(default=50_000, ge=1)
+    # A check reads manifest metadata only (about a millisecond).
+    interval_s: float = Field(default=10.0, gt=0)
+    # Optimize (fold new rows into the indices, merge files) once this many rows are
+    # missing from an index, or once this many small data files pile up: every write
+    # adds one, and each adds ~0.1 ms to every search until they are merged.
+    refresh_rows: int = Field(default=5_000, ge=1)
+    compact_fragments: int = Field(default=32, ge=2)
+
+
 class LanceDBArgs(_Strict):
     """Embedded vector store: a directory on disk, shared safely by several replicas."""
 
     kind: Literal["lancedb"] = "lancedb"
     path: Path | None = Field(default=None, description="Default: <data_dir>/lancedb.")
     table: str = Field(default="images", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    index_upkeep: IndexUpkeepArgs = Field(default_factory=IndexUpkeepArgs)
 
 
 class WeaviateArgs(_Strict):
@@ -127,6 +144,63 @@ class SearchArgs(_Strict):
     max_limit: int = Field(default=100, ge=1, le=1000)
     max_query_chars: int = Field(default=1000, ge=1, le=2000)
     max_list_limit: int = Field(default=500, ge=1, le=5000)
+    # Pagination bound: offset + limit may not exceed it (deep pages cost a full scan).
+    max_depth: int = Field(default=1000, ge=1, le=10_000)
+    # Hybrid search weight when a request gives none: 0 = keywords only, 1 = vector only.
+    default_alpha: float = Field(default=0.5, ge=0, le=1)
+    # Cosine similarity from which two images count as near-duplicates: reported at
+    # ingest (`near_duplicate_of`) and collapsed by `dedup`.
+    near_duplicate_similarity: float = Field(default=0.95, gt=0, le=1)
+    # The ingest check costs one nearest-neighbour search per new image; a bulk import
+    # into a large store without an ANN index may want it off.
+    report_near_duplicates: bool = True
+    # Hybrid search ranks at least this many candidates from each list, so that the
+    # normalisation (and therefore the order) stays the same from one page to the next.
+    candidate_pool: int = Field(default=50, ge=1, le=1000)
+    # With dedup, fetch this many times more candidates than the page needs, since
+    # collapsed results leave gaps to fill.
+    dedup_overfetch: int = Field(default=4, ge=1, le=50)
+    # No search asks a store for more candidates than this.
+    max_candidates: int = Field(default=4000, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _depth_fits(self) -> SearchArgs:
+        if self.max_limit > self.max_depth:
+            raise ValueError("search.max_depth must be at least search.max_limit")
+        return self
+
+
+class ThumbnailArgs(_Strict):
+    """Small copies for result grids (GET /images/{id}/thumbnail), kept in memory."""
+
+    # A short fixed list: a client cannot make the service render every size it names.
+    sizes: list[int] = Field(default_factory=lambda: [128, 256, 512], min_length=1, max_length=8)
+    default_size: int = 256
+    format: ThumbnailFormat = "webp"
+    quality: int = Field(default=80, ge=1, le=100)
+    # Per ingress replica; thumbnails are a few KiB to a few tens of KiB each.
+    cache_bytes: int = Field(default=64 * MiB, ge=0, le=4096 * MiB)
+    # Renderings at once per replica: each decodes an original, up to intake.max_pixels.
+    max_concurrent: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _sizes_in_range(self) -> ThumbnailArgs:
+        if any(not 16 <= size <= 2048 for size in self.sizes):
+            raise ValueError("thumbnail sizes must be between 16 and 2048 pixels")
+        if self.default_size not in self.sizes:
+            raise ValueError(f"default_size {self.default_size} must be one of sizes {self.sizes}")
+        return self
+
+    def thumbnailer(self, limits: ImageLimits) -> Thumbnailer:
+        return Thumbnailer(
+            self.sizes,
+            self.default_size,
+            limits,
+            fmt=self.format,
+            quality=self.quality,
+            cache_bytes=self.cache_bytes,
+            max_concurrent=self.max_concurrent,
+        )
 
 
 class AppArgs(_Strict):
@@ -140,5 +214,26 @@ class AppArgs(_Strict):
     search: SearchArgs = Field(default_factory=SearchArgs)
     auth: AuthArgs = Field(default_factory=AuthArgs)
     rate_limit: RateLimitArgs = Field(default_factory=RateLimitArgs)
+    thumbnails: ThumbnailArgs = Field(default_factory=ThumbnailArgs)
     # A model call slower than this becomes a 504 for its request.
     model_timeout_s: float = Field(default=120.0, gt=0)
+
+    def with_absolute_paths(self) -> AppArgs:
+        """A copy with relative store paths and local model directories resolved against
+        the current directory. Replicas do not share the working directory of `serve
+        run`, and records name local models by their resolved path: the builder and the
+        command-line tools resolve them alike, where the user typed them."""
+        storage = self.storage
+        resolved: dict[str, object] = {"data_dir": storage.data_dir.resolve()}
+        for name in ("vectors", "blobs"):
+            store = getattr(storage, name)
+            if getattr(store, "path", None) is not None:
+                resolved[name] = store.model_copy(update={"path": store.path.resolve()})
+        update: dict[str, object] = {"storage": storage.model_copy(update=resolved)}
+        for name in ("captioner", "embedder"):
+            settings = getattr(self, name)
+            local = Path(settings.model.model_id).expanduser()
+            if local.exists():
+                model = settings.model.model_copy(update={"model_id": str(local.resolve())})
+                update[name] = settings.model_copy(update={"model": model})
+        return self.model_copy(update=update)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,6 +94,17 @@ def checked_query(vector: np.ndarray, limit: int, dim: int) -> np.ndarray:
     if not np.all(np.isfinite(query)) or not np.any(query):
         raise ValueError("query vector is zero or non-finite")
     return query
+
+
+# A searchable term: a run of letters and digits (how both backends split captions).
+_KEYWORD_TERM = re.compile(r"[^\W_]+")
+
+
+def keyword_terms(text: str) -> builtins.list[str]:
+    """The terms keyword_search looks for, lower-case, in order. A store answers a text
+    without any with no hits rather than asking its backend, whose answer to an empty
+    query differs between backends (nothing, everything, an error)."""
+    return _KEYWORD_TERM.findall(text.lower())
 
 
 @runtime_checkable

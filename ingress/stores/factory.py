@@ -16,12 +16,22 @@ logger = logging.getLogger("ingress.stores")
 async def open_stores(
     storage: StorageArgs, embedding_model: str, dim: int
 ) -> tuple[VectorStore, BlobStore]:
+    """The stores of a serving replica: as open_vector_store and open_blob_store, plus
+    the embedded vector store's background index upkeep (tools that only read or clean
+    up open the stores one by one and start none)."""
     vectors = await open_vector_store(storage, embedding_model, dim)
     try:
         blobs = await open_blob_store(storage)
     except BaseException:
         await vectors.close()
         raise
+    if isinstance(storage.vectors, LanceDBArgs):
+        from ingress.stores.lancedb_index import start_index_upkeep
+        from ingress.stores.lancedb_store import LanceDBVectorStore
+
+        assert isinstance(vectors, LanceDBVectorStore)
+        # Runs for the life of the replica process; see ingress.stores.lancedb_index.
+        start_index_upkeep(vectors, storage.vectors.index_upkeep)
     return vectors, blobs
 
 

@@ -14,6 +14,12 @@ Behaviours this module relies on (weaviate-client 4.9 to 4.x):
   (``data.insert_many``, in chunks); no delete-then-insert is needed.
 - Listing with ``after`` uses Weaviate's cursor API, which walks objects in UUID byte
   order; for canonical (lowercase) UUID strings that is the same as ordering by id.
+  The cursor API takes no filter, so a filtered listing asks for "admitted and
+  ``_id`` > the cursor", sorted by ``_id``: the same order and cursors, no offsets.
+- Filters (weaviate_filter) are applied by the server before the HNSW or BM25 search, so
+  a filter never shortens a result that admitted objects could fill.
+- ``source_domain`` came later: ensure_schema adds the property to a collection made
+  before it, and the replica that adds it fills it in from source_url.
 - Which embedding model and dimension filled the collection is written into its
   description at creation (Weaviate keeps no dimension of its own until the first
   vector), so that a replica of another model refuses it at ensure_schema.
@@ -52,8 +58,9 @@ from weaviate.classes.config import (
 )
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
-from weaviate.classes.query import MetadataQuery
+from weaviate.classes.query import Filter, MetadataQuery, Sort
 from weaviate.collections import CollectionAsync
+from weaviate.collections.classes.filters import _Filters
 from weaviate.exceptions import (
     UnexpectedStatusCodeError,
     WeaviateClosedClientError,
@@ -65,7 +72,14 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
-from ingress.records import ImageRecord, IndexedImage, Page, SearchHit
+from ingress.records import (
+    ImageFilter,
+    ImageRecord,
+    IndexedImage,
+    Page,
+    SearchHit,
+    source_domain_of,
+)
 from ingress.stores.base import (
     EmbeddingMismatch,
     StoreError,
@@ -73,6 +87,7 @@ from ingress.stores.base import (
     StoreUnavailable,
     checked_query,
     checked_vectors,
+    keyword_terms,
 )
 
 T = TypeVar("T")
@@ -86,7 +101,18 @@ SCHEMA_VERSION = 1
 # Weaviate collection names: a capital letter, then letters, digits, underscores.
 _COLLECTION_NAME = re.compile(r"^[A-Z][_0-9A-Za-z]*$")
 
-_TEXT_FIELDS = ("content_type", "sha256", "source_url", "caption_model", "embedding_model")
+_TEXT_FIELDS = (
+    "content_type",
+    "sha256",
+    "source_url",
+    "caption_model",
+    "embedding_model",
+    "source_domain",
+)
+# Properties a collection made by an earlier version may lack; ensure_schema adds them.
+_ADDED_LATER = ("source_domain",)
+# Objects per page when filling source_domain into a collection made before it.
+_BACKFILL_PAGE = 500
 _INT_FIELDS = ("width", "height", "size_bytes")
 _RECORD_PROPERTIES: tuple[str, ...] = tuple(
     name for name in ImageRecord.model_fields if name != "id"
@@ -196,13 +222,14 @@ def canonical_uuid(value: str) -> str | None:
 def record_to_properties(record: ImageRecord) -> dict[str, Any]:
     """Weaviate properties for a record; ``id`` is the object id, not a property.
 
-    A missing source_url is left out rather than sent as null.
+    A missing source_url (and so source_domain) is left out rather than sent as null.
     """
     props = record.model_dump(exclude={"id"})
     props["created_at"] = _utc(record.created_at)
     props["tags"] = builtins.list(record.tags)
-    if props["source_url"] is None:
-        del props["source_url"]
+    for name in ("source_url", "source_domain"):
+        if props[name] is None:
+            del props[name]
     return props
 
 
@@ -224,6 +251,9 @@ def properties_to_record(object_id: uuid.UUID | str, props: Mapping[str, Any]) -
         created_at=_utc(created_at),
         caption_model=props["caption_model"],
         embedding_model=props["embedding_model"],
+        # Absent on objects written before the property existed and not yet backfilled;
+        # the record then derives it from source_url.
+        source_domain=props.get("source_domain"),
     )
 
 
@@ -232,6 +262,52 @@ def similarity_from_distance(distance: float) -> float:
     if not math.isfinite(distance):
         raise ValueError(f"not a finite distance: {distance!r}")
     return 1.0 - float(distance)
+
+
+# -- filters --------------------------------------------------------------------------
+
+
+def weaviate_filter(filters: ImageFilter | None, after_id: str | None = None) -> _Filters | None:
+    """The Weaviate filter admitting what ``filters`` admits, and only ids after
+    ``after_id`` when given (objects' ``_id`` compares as its canonical UUID text, the
+    order list() pages in); None when nothing is excluded.
+
+    Text values are matched whole: content_type, source_domain and tags are tokenised as
+    ``field``, so ContainsAny/ContainsAll compare complete values, not words.
+    """
+    parts: builtins.list[_Filters] = []
+    if after_id is not None:
+        parts.append(Filter.by_property("_id").greater_than(after_id))
+    if filters is not None:
+        if filters.tags_any:
+            parts.append(Filter.by_property("tags").contains_any(builtins.list(filters.tags_any)))
+        if filters.tags_all:
+            parts.append(Filter.by_property("tags").contains_all(builtins.list(filters.tags_all)))
+        if filters.content_types:
+            values = builtins.list(filters.content_types)
+            parts.append(Filter.by_property("content_type").contains_any(values))
+        if filters.min_width is not None:
+            parts.append(Filter.by_property("width").greater_or_equal(_int64(filters.min_width)))
+        if filters.min_height is not None:
+            min_height = _int64(filters.min_height)
+            parts.append(Filter.by_property("height").greater_or_equal(min_height))
+        if filters.created_after is not None:
+            after = _utc(filters.created_after)
+            parts.append(Filter.by_property("created_at").greater_than(after))
+        if filters.created_before is not None:
+            before = _utc(filters.created_before)
+            parts.append(Filter.by_property("created_at").less_than(before))
+        if filters.source_domains:
+            values = builtins.list(filters.source_domains)
+            parts.append(Filter.by_property("source_domain").contains_any(values))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else Filter.all_of(parts)
+
+
+def _int64(value: int) -> int:
+    # Weaviate's INT is 64-bit; a larger bound is clamped rather than refused.
+    return max(-(2**63) + 1, min(int(value), 2**63 - 1))
 
 
 # -- cursors --------------------------------------------------------------------------
@@ -490,8 +566,11 @@ class WeaviateVectorStore:
                 # error is the one to report.
                 if not await self._exists(client):
                     raise
-        await self._verify(client)
-        return client.collections.get(self.collection_name)
+        missing = await self._verify(client)
+        collection = client.collections.get(self.collection_name)
+        if missing:
+            await self._add_properties(client, collection, missing)
+        return collection
 
     async def _exists(self, client: weaviate.WeaviateAsyncClient) -> bool:
         name = self.collection_name
@@ -506,8 +585,10 @@ class WeaviateVectorStore:
             self.collection_name, **collection_config(self.embedding_model, self.dim)
         )
 
-    async def _verify(self, client: weaviate.WeaviateAsyncClient) -> None:
-        """Refuse a collection made for another model or dim, or not made by this store."""
+    async def _verify(self, client: weaviate.WeaviateAsyncClient) -> builtins.list[str]:
+        """Refuse a collection made for another model or dim, or not made by this store.
+        Returns the properties that an earlier version's collection lacks and that
+        ensure_schema adds."""
         name = self.collection_name
         config, (model, dim) = await self._recorded_config(client)
         if (model, dim) != (self.embedding_model, self.dim):
@@ -520,8 +601,90 @@ class WeaviateVectorStore:
             raise StoreError(f"collection {name!r} uses {distance} distance, not cosine")
         present = {prop.name for prop in config.properties}
         missing = [p for p in _RECORD_PROPERTIES if p not in present]
-        if missing:
+        if any(p not in _ADDED_LATER for p in missing):
             raise StoreError(f"collection {name!r} lacks properties {missing}")
+        return missing
+
+    async def _add_properties(
+        self,
+        client: weaviate.WeaviateAsyncClient,
+        collection: CollectionAsync,
+        names: Sequence[str],
+    ) -> None:
+        """Add properties an earlier version's collection lacks. The replica that adds
+        source_domain also fills it in from source_url on the objects already there."""
+        by_name = {prop.name: prop for prop in image_properties()}
+        for name in names:
+            added = await self._add_property(client, collection, by_name[name])
+            if added and name == "source_domain":
+                await self._backfill_source_domain(collection)
+
+    async def _add_property(
+        self, client: weaviate.WeaviateAsyncClient, collection: CollectionAsync, prop: Property
+    ) -> bool:
+        """True when this call added it, False when another replica got there first."""
+        try:
+            await self._call(
+                "add property", lambda: collection.config.add_property(prop), self.insert_timeout_s
+            )
+        except StoreError:
+            # Usually "already exists": another replica added it (and fills it in). If it
+            # is still missing, the add error is the one to report.
+            config, _ = await self._recorded_config(client)
+            if prop.name not in {p.name for p in config.properties}:
+                raise
+            return False
+        return True
+
+    async def _backfill_source_domain(self, collection: CollectionAsync) -> None:
+        after = _NIL_UUID
+        while True:
+            page = await self._fetch_page(
+                collection, after, _BACKFILL_PAGE, ["source_url", "source_domain"]
+            )
+            for obj in page:
+                url = obj.properties.get("source_url")
+                domain = source_domain_of(url) if isinstance(url, str) else None
+                if domain is not None and obj.properties.get("source_domain") is None:
+                    await self._patch(collection, str(obj.uuid), {"source_domain": domain})
+            if len(page) < _BACKFILL_PAGE:
+                return
+            after = str(page[-1].uuid)
+
+    async def _fetch_page(
+        self,
+        collection: CollectionAsync,
+        after: str,
+        limit: int,
+        properties: Sequence[str],
+    ) -> builtins.list[Any]:
+        """Up to ``limit`` objects after ``after`` in UUID order (the cursor API)."""
+        result = await self._call(
+            "list",
+            lambda: collection.query.fetch_objects(
+                limit=limit, after=after, return_properties=builtins.list(properties)
+            ),
+            self.query_timeout_s,
+        )
+        return builtins.list(result.objects)
+
+    async def _patch(
+        self, collection: CollectionAsync, object_id: str, properties: dict[str, Any]
+    ) -> bool:
+        """Set some properties of one object (a PATCH: the others and the vector stay);
+        False when there is no such object."""
+        try:
+            await self._call(
+                "update",
+                lambda: collection.data.update(object_id, properties=properties),
+                self.insert_timeout_s,
+            )
+        except StoreError as e:
+            cause = e.__cause__
+            if isinstance(cause, UnexpectedStatusCodeError) and cause.status_code == 404:
+                return False
+            raise
+        return True
 
     async def _get_collection(self) -> CollectionAsync:
         if self._collection is None:
@@ -642,45 +805,70 @@ class WeaviateVectorStore:
         )
         if obj is None:
             return None
-        return np.asarray(_default_vector(obj.vector), dtype=np.float32)
+        return _object_vector(obj)
 
-    async def count(self) -> int:
+    async def count(self, filters: ImageFilter | None = None) -> int:
         collection = await self._get_collection()
+        where = weaviate_filter(filters)
         result = await self._call(
             "count",
-            lambda: collection.aggregate.over_all(total_count=True),
+            lambda: collection.aggregate.over_all(total_count=True, filters=where),
             self.query_timeout_s,
         )
         return int(result.total_count or 0)
 
-    async def list(self, limit: int, cursor: str | None = None) -> Page:
+    async def list(
+        self, limit: int, cursor: str | None = None, filters: ImageFilter | None = None
+    ) -> Page:
         if limit <= 0:
             raise ValueError("limit must be positive")
-        after = decode_cursor(cursor) if cursor is not None else _NIL_UUID
+        after = decode_cursor(cursor) if cursor is not None else None
         collection = await self._get_collection()
         # One more than asked tells whether another page exists, so the last page comes
         # back with next_cursor None instead of leaving an empty page to fetch.
+        if filters is None or filters.is_empty():
+            objects = await self._fetch_page(
+                collection, after or _NIL_UUID, limit + 1, _RECORD_PROPERTIES
+            )
+        else:
+            objects = await self._fetch_filtered_page(collection, filters, after, limit + 1)
+        records = [properties_to_record(o.uuid, o.properties) for o in objects[:limit]]
+        next_cursor = encode_cursor(records[-1].id) if len(objects) > limit else None
+        return Page(records=records, next_cursor=next_cursor)
+
+    async def _fetch_filtered_page(
+        self, collection: CollectionAsync, filters: ImageFilter, after: str | None, limit: int
+    ) -> builtins.list[Any]:
+        """The cursor API takes no filter, so a filtered page is "admitted and id after
+        the cursor, sorted by id": the same order and cursors as the unfiltered one, and
+        no offset that grows with the page number."""
+        where = weaviate_filter(filters, after_id=after)
         result = await self._call(
             "list",
             lambda: collection.query.fetch_objects(
-                limit=limit + 1,
-                after=after,
+                limit=limit,
+                filters=where,
+                sort=Sort.by_property("_id"),
                 return_properties=builtins.list(_RECORD_PROPERTIES),
             ),
             self.query_timeout_s,
         )
-        records = [properties_to_record(o.uuid, o.properties) for o in result.objects[:limit]]
-        next_cursor = encode_cursor(records[-1].id) if len(result.objects) > limit else None
-        return Page(records=records, next_cursor=next_cursor)
+        return builtins.list(result.objects)
 
-    async def search(self, vector: np.ndarray, limit: int) -> builtins.list[SearchHit]:
+    async def search(
+        self, vector: np.ndarray, limit: int, filters: ImageFilter | None = None
+    ) -> builtins.list[SearchHit]:
         query_vector = checked_query(vector, limit, self.dim)
         collection = await self._get_collection()
+        where = weaviate_filter(filters)
+        # Weaviate filters before the HNSW search: the nearest admitted objects.
         result = await self._call(
             "search",
             lambda: collection.query.near_vector(
                 near_vector=query_vector.tolist(),
                 limit=limit,
+                filters=where,
+                include_vector=True,
                 return_metadata=MetadataQuery(distance=True),
                 return_properties=builtins.list(_RECORD_PROPERTIES),
             ),
@@ -691,14 +879,78 @@ class WeaviateVectorStore:
             distance = obj.metadata.distance
             if distance is None:
                 raise StoreError("weaviate search returned an object without a distance")
+            score = similarity_from_distance(distance)
             hits.append(
                 SearchHit(
                     record=properties_to_record(obj.uuid, obj.properties),
-                    score=similarity_from_distance(distance),
+                    score=score,
+                    vector_score=score,
+                    vector=_object_vector(obj),
                 )
             )
         hits.sort(key=lambda hit: hit.score, reverse=True)
         return hits
+
+    async def keyword_search(
+        self, text: str, limit: int, filters: ImageFilter | None = None
+    ) -> builtins.list[SearchHit]:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        terms = keyword_terms(text)
+        if not terms:
+            return []
+        collection = await self._get_collection()
+        where = weaviate_filter(filters)
+        # BM25 over the caption only (the one searchable property), any term (OR).
+        result = await self._call(
+            "keyword search",
+            lambda: collection.query.bm25(
+                query=" ".join(terms),
+                query_properties=["caption"],
+                limit=limit,
+                filters=where,
+                include_vector=True,
+                return_metadata=MetadataQuery(score=True),
+                return_properties=builtins.list(_RECORD_PROPERTIES),
+            ),
+            self.query_timeout_s,
+        )
+        hits: builtins.list[SearchHit] = []
+        for obj in result.objects:
+            score = obj.metadata.score
+            if score is None:
+                raise StoreError("weaviate keyword search returned an object without a score")
+            hits.append(
+                SearchHit(
+                    record=properties_to_record(obj.uuid, obj.properties),
+                    score=float(score),
+                    keyword_score=float(score),
+                    vector=_object_vector(obj),
+                )
+            )
+        hits.sort(key=lambda hit: hit.score, reverse=True)
+        return hits
+
+    # -- updates -----------------------------------------------------------------
+
+    async def update_tags(self, image_id: str, tags: Sequence[str]) -> ImageRecord | None:
+        return await self._update(image_id, {"tags": builtins.list(tags)})
+
+    async def update_caption(
+        self, image_id: str, caption: str, caption_model: str
+    ) -> ImageRecord | None:
+        return await self._update(image_id, {"caption": caption, "caption_model": caption_model})
+
+    async def _update(self, image_id: str, properties: dict[str, Any]) -> ImageRecord | None:
+        object_id = canonical_uuid(image_id)
+        if object_id is None:
+            return None
+        collection = await self._get_collection()
+        if not await self._patch(collection, object_id, properties):
+            return None
+        # Read back rather than patched locally: another replica may have changed the
+        # object's other properties meanwhile. None when it was deleted in between.
+        return await self.get(object_id)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -708,6 +960,10 @@ class WeaviateVectorStore:
             client, self._client, self._collection = self._client, None, None
             if client is not None:
                 await _close_quietly(client)
+
+
+def _object_vector(obj: Any) -> np.ndarray:
+    return np.asarray(_default_vector(obj.vector), dtype=np.float32)
 
 
 def _default_vector(vector: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingress.records import ImageRecord, IndexedImage, blob_key_for
+from ingress.records import ImageFilter, ImageRecord, IndexedImage, SearchHit, blob_key_for
 from ingress.stores.base import (
     BlobInfo,
     BlobNotFound,
@@ -29,6 +29,14 @@ from ingress.stores.base import (
 )
 from ingress.stores.lancedb_store import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
+from tests.stores.filter_cases import (
+    ADMIT_ALL,
+    ADMIT_NONE,
+    FILTER_CASES,
+    POPULATION_SIZE,
+    created,
+    population_fields,
+)
 
 VectorStoreOpener = Callable[[str, int], VectorStore]
 BlobStoreOpener = Callable[[], BlobStore]
@@ -211,13 +219,15 @@ async def test_count(vector_store: VectorStore, rng: np.random.Generator) -> Non
     assert await vector_store.count() == 7
 
 
-async def list_all(store: VectorStore, limit: int) -> tuple[list[str], int]:
-    """Every id, page by page, and the number of pages it took."""
+async def list_all(
+    store: VectorStore, limit: int, filters: ImageFilter | None = None
+) -> tuple[list[str], int]:
+    """Every id (the filter admits), page by page, and the number of pages it took."""
     ids: list[str] = []
     cursor: str | None = None
     pages = 0
     while True:
-        page = await store.list(limit, cursor)
+        page = await store.list(limit, cursor, filters)
         pages += 1
         assert len(page.records) <= limit
         ids.extend(r.id for r in page.records)
@@ -365,6 +375,309 @@ async def test_reopening_with_another_model_or_dim_is_refused(
     # The refused store did not damage the collection.
     await vector_store.ensure_schema()
     assert await vector_store.count() == 0
+
+
+# -- filters, keyword search, in-place updates ----------------------------------------
+
+
+def _population(store: VectorStore, rng: np.random.Generator) -> list[IndexedImage]:
+    return [make_image(rng, store, **population_fields(i)) for i in range(POPULATION_SIZE)]
+
+
+async def test_filters_admit_exactly_what_the_reference_admits(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    """list, count, search and keyword_search agree with ImageFilter.matches, field by
+    field and combined (one population for every case keeps the suite quick)."""
+    images = _population(vector_store, rng)
+    await vector_store.upsert(images)
+    records = [image.record for image in images]
+    query = unit_vector(rng, vector_store.dim)
+    assert len(FILTER_CASES) == len({name for name, _ in FILTER_CASES})
+
+    for name, f in FILTER_CASES:
+        expected = sorted(r.id for r in records if f.matches(r))
+        assert await vector_store.count(f) == len(expected), name
+
+        ids, _ = await list_all(vector_store, 5, f)
+        assert ids == expected, name  # in id order, paged with the filter
+
+        hits = await vector_store.search(query, limit=len(records) + 5, filters=f)
+        assert sorted(hit.record.id for hit in hits) == expected, name
+
+        found = await vector_store.keyword_search("photo", limit=len(records) + 5, filters=f)
+        assert sorted(hit.record.id for hit in found) == expected, name
+
+    # The population really exercises every case: none admits all or nothing by accident,
+    # apart from the cases meant to.
+    counts = {name: sum(f.matches(r) for r in records) for name, f in FILTER_CASES}
+    assert [n for n, c in counts.items() if c == 0] == ADMIT_NONE
+    assert [n for n, c in counts.items() if c == len(records)] == ADMIT_ALL
+
+
+async def test_filtered_list_pages_end_without_an_empty_page(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    images = _population(vector_store, rng)
+    await vector_store.upsert(images)
+    f = ImageFilter(tags_any=("cat",))
+    expected = sorted(image.record.id for image in images if f.matches(image.record))
+    assert len(expected) == 12
+    for limit in (1, 4, 12, 13):
+        ids, pages = await list_all(vector_store, limit, f)
+        assert ids == expected
+        assert pages == -(-len(expected) // limit)
+    # A cursor from a filtered page, used with the same filter, continues after it.
+    first = await vector_store.list(5, None, f)
+    second = await vector_store.list(5, first.next_cursor, f)
+    assert [r.id for r in first.records + second.records] == expected[:10]
+
+
+async def test_filtered_search_fills_the_limit_from_admitted_records(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    # The 40 records nearest the query are not admitted; the 8 admitted ones are far.
+    query = unit_vector(rng, vector_store.dim)
+    near = [
+        IndexedImage(
+            record=make_record(vector_store.embedding_model, tags=["common"]),
+            vector=_unit(query + 0.3 * unit_vector(rng, vector_store.dim)),
+        )
+        for _ in range(40)
+    ]
+    far = [
+        IndexedImage(
+            record=make_record(vector_store.embedding_model, tags=["rare"]),
+            vector=_unit(-query + 0.5 * unit_vector(rng, vector_store.dim)),
+        )
+        for _ in range(8)
+    ]
+    await vector_store.upsert(near + far)
+    f = ImageFilter(tags_any=("rare",))
+
+    hits = await vector_store.search(query, limit=5, filters=f)
+
+    cosine = {image.record.id: float(image.vector @ query) for image in far}
+    best = sorted(cosine, key=cosine.__getitem__, reverse=True)[:5]
+    assert [hit.record.id for hit in hits] == best
+    np.testing.assert_allclose([hit.score for hit in hits], [cosine[i] for i in best], atol=1e-5)
+    assert len(await vector_store.search(query, limit=20, filters=f)) == 8
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+async def test_search_hits_carry_their_vector_and_vector_score(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    images = await fill(vector_store, rng, 10)
+    by_id = {image.record.id: image for image in images}
+    hits = await vector_store.search(images[3].vector, limit=4)
+    for hit in hits:
+        assert hit.vector_score == hit.score and hit.keyword_score is None
+        assert hit.vector is not None and hit.vector.dtype == np.float32
+        np.testing.assert_allclose(hit.vector, by_id[hit.record.id].vector, atol=1e-7)
+
+
+async def _captioned(
+    store: VectorStore, rng: np.random.Generator, captions: Sequence[str], **overrides: Any
+) -> list[IndexedImage]:
+    images = [make_image(rng, store, caption=caption, **overrides) for caption in captions]
+    await store.upsert(images)
+    return images
+
+
+def _ids(hits: Sequence[SearchHit]) -> list[str]:
+    return [hit.record.id for hit in hits]
+
+
+async def test_keyword_search_matches_terms_case_insensitively(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    red_car, blue_car, tree, boat = await _captioned(
+        vector_store,
+        rng,
+        ["A RED Car parked outside", "a blue car in the rain", "a tall tree", "Boats, at sea"],
+    )
+    for text in ["red", "RED", "Red!", "  red  "]:
+        assert _ids(await vector_store.keyword_search(text, 10)) == [red_car.record.id], text
+    assert set(_ids(await vector_store.keyword_search("CAR", 10))) == {
+        red_car.record.id,
+        blue_car.record.id,
+    }
+    # Words, not substrings: "boat" is not "Boats", "ree" is not "tree".
+    assert await vector_store.keyword_search("boat", 10) == []
+    assert await vector_store.keyword_search("ree", 10) == []
+    assert _ids(await vector_store.keyword_search("boats", 10)) == [boat.record.id]
+    assert await vector_store.keyword_search("zebra", 10) == []
+    assert tree.record.id in _ids(await vector_store.keyword_search("zebra OR tree", 10))
+
+
+async def test_keyword_search_ranks_more_matching_terms_first(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    # Same length, so that only the number of matched terms tells them apart.
+    both, one, other, _ = await _captioned(
+        vector_store,
+        rng,
+        [
+            "red car parked outside",
+            "red bike parked outside",
+            "green car parked inside",
+            "blue boat moored nearby",
+        ],
+    )
+    hits = await vector_store.keyword_search("red car", 10)
+    assert _ids(hits)[0] == both.record.id
+    assert set(_ids(hits)) == {both.record.id, one.record.id, other.record.id}
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] > scores[1]
+    assert _ids(await vector_store.keyword_search("red car", 1)) == [both.record.id]
+
+
+async def test_keyword_hits_carry_score_and_vector(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    (image,) = await _captioned(vector_store, rng, ["a dog on a sofa"])
+    (hit,) = await vector_store.keyword_search("sofa", 5)
+    assert hit.record.model_dump() == image.record.model_dump()
+    assert hit.score > 0 and hit.keyword_score == hit.score and hit.vector_score is None
+    assert hit.vector is not None and hit.vector.dtype == np.float32
+    np.testing.assert_allclose(hit.vector, image.vector, atol=1e-7)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "!!! ?", "___", "-- '' \"\""])
+async def test_keyword_search_without_terms_finds_nothing(
+    vector_store: VectorStore, rng: np.random.Generator, text: str
+) -> None:
+    await _captioned(vector_store, rng, ["a dog", "a cat"])
+    assert await vector_store.keyword_search(text, 5) == []
+
+
+async def test_keyword_search_text_is_never_query_syntax(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    (dog,) = await _captioned(vector_store, rng, ["a dog on a sofa"])
+    await _captioned(vector_store, rng, ["a cat on a mat"])
+    for text in ['"dog', "dog*", "caption:dog", "-dog", "dog AND NOT cat", "(dog", "dog'; --"]:
+        assert dog.record.id in _ids(await vector_store.keyword_search(text, 5)), text
+
+
+async def test_keyword_search_rejects_non_positive_limit(vector_store: VectorStore) -> None:
+    with pytest.raises(ValueError):
+        await vector_store.keyword_search("dog", 0)
+
+
+async def test_keyword_search_applies_the_filter_before_the_limit(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    # Strong matches are not admitted; the admitted ones match weakly (longer captions).
+    await _captioned(vector_store, rng, ["dog dog dog"] * 12, tags=["common"])
+    weak = await _captioned(
+        vector_store,
+        rng,
+        [f"a dog among many other words that dilute it, number {i}" for i in range(4)],
+        tags=["rare"],
+    )
+    f = ImageFilter(tags_any=("rare",))
+    hits = await vector_store.keyword_search("dog", 3, filters=f)
+    assert len(hits) == 3
+    assert set(_ids(hits)) <= {image.record.id for image in weak}
+    assert set(_ids(await vector_store.keyword_search("dog", 10, filters=f))) == {
+        image.record.id for image in weak
+    }
+
+
+async def test_update_tags_then_filter_by_the_new_tag(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    images = await fill(vector_store, rng, 5)
+    target = images[2]
+    before = await vector_store.get(target.record.id)
+    assert before is not None
+
+    updated = await vector_store.update_tags(target.record.id, ["fresh", "x'y"])
+
+    assert updated is not None and updated.tags == ["fresh", "x'y"]
+    # Nothing else changed, the vector included.
+    assert updated.model_dump(exclude={"tags"}) == before.model_dump(exclude={"tags"})
+    got = await vector_store.get(target.record.id)
+    assert got is not None and got.model_dump() == updated.model_dump()
+    vector = await vector_store.get_vector(target.record.id)
+    assert vector is not None
+    np.testing.assert_allclose(vector, target.vector, atol=1e-7)
+    f = ImageFilter(tags_any=("fresh",))
+    assert [r.id for r in (await vector_store.list(10, None, f)).records] == [target.record.id]
+    assert await vector_store.count(f) == 1
+    assert _ids(await vector_store.search(target.vector, 10, f)) == [target.record.id]
+    assert await vector_store.count(ImageFilter(tags_all=("fresh", "x'y"))) == 1
+    assert await vector_store.count() == 5
+
+    cleared = await vector_store.update_tags(target.record.id, [])
+    assert cleared is not None and cleared.tags == []
+    assert await vector_store.count(f) == 0
+
+
+async def test_update_caption_moves_keyword_search_to_the_new_caption(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    target, other = await _captioned(vector_store, rng, ["a zebra grazing", "a lion sleeping"])
+
+    updated = await vector_store.update_caption(target.record.id, "a giraffe eating", "blip/v2")
+
+    assert updated is not None
+    assert (updated.caption, updated.caption_model) == ("a giraffe eating", "blip/v2")
+    assert updated.model_dump(exclude={"caption", "caption_model"}) == target.record.model_dump(
+        exclude={"caption", "caption_model"}
+    )
+    assert await vector_store.keyword_search("zebra", 5) == []
+    (hit,) = await vector_store.keyword_search("giraffe", 5)
+    assert hit.record.model_dump() == updated.model_dump()
+    assert hit.vector is not None
+    np.testing.assert_allclose(hit.vector, target.vector, atol=1e-7)
+    assert _ids(await vector_store.keyword_search("lion", 5)) == [other.record.id]
+    got = await vector_store.get(target.record.id)
+    assert got is not None and got.caption == "a giraffe eating"
+
+
+@pytest.mark.parametrize("image_id", [str(uuid.uuid4()), "x' OR '1'='1", "", '"; --'])
+async def test_updates_of_unknown_ids_return_none(
+    vector_store: VectorStore, rng: np.random.Generator, image_id: str
+) -> None:
+    images = await fill(vector_store, rng, 3)
+    assert await vector_store.update_tags(image_id, ["x"]) is None
+    assert await vector_store.update_caption(image_id, "new", "m") is None
+    # Nothing was created or changed.
+    assert await vector_store.count() == 3
+    assert await vector_store.count(ImageFilter(tags_any=("x",))) == 0
+    for image in images:
+        got = await vector_store.get(image.record.id)
+        assert got is not None and got.model_dump() == image.record.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("source_url", "domain"),
+    [
+        (None, None),
+        ("https://User:pw@WWW.Example.COM:8443/x.jpg?q=1", "www.example.com"),
+        ("https://example.com./a", "example.com"),
+        ("http://[::1]:8080/a.png", "::1"),
+    ],
+)
+async def test_source_domain_round_trips_and_filters(
+    vector_store: VectorStore, rng: np.random.Generator, source_url: str | None, domain: str | None
+) -> None:
+    image = make_image(rng, vector_store, source_url=source_url)
+    await vector_store.upsert([image, make_image(rng, vector_store, source_url="https://b.org/")])
+    got = await vector_store.get(image.record.id)
+    assert got is not None and got.source_domain == domain
+    (listed,) = [r for r in (await vector_store.list(10)).records if r.id == image.record.id]
+    assert listed.source_domain == domain
+    if domain is not None:
+        f = ImageFilter(source_domains=(domain,))
+        assert [r.id for r in (await vector_store.list(10, None, f)).records] == [image.record.id]
 
 
 # -- VectorStore from several processes ----------------------------------------------
@@ -700,6 +1013,156 @@ async def test_lancedb_store_reopens_after_close(tmp_path: Path) -> None:
     await store.close()
     assert await store.count() == 2
     await store.close()
+
+
+# Model and dimension of the LanceDB-only tests' stores.
+_MODEL, _DIM = "m", 16
+
+
+async def _legacy_table(path: Path, images: Sequence[IndexedImage], add_column: bool) -> None:
+    """A table as the version before source_domain wrote it: no source_domain column and
+    no caption index. With add_column, an upgrade cut short after adding the column."""
+    import lancedb
+    import pyarrow as pa
+
+    from ingress.stores.lancedb_store import _arrow_schema
+
+    full = _arrow_schema(_MODEL, _DIM)
+    legacy = full.remove(full.get_field_index("source_domain"))
+    rows = []
+    for image in images:
+        row = image.record.model_dump(exclude={"source_domain"})
+        row["vector"] = image.vector.tolist()
+        rows.append(row)
+    db = await lancedb.connect_async(path)
+    table = await db.create_table("images", schema=legacy, mode="create")
+    await table.add(pa.Table.from_pylist(rows, schema=legacy))
+    if add_column:
+        await table.add_columns(full.field("source_domain"))
+    table.close()
+    db.close()
+
+
+@pytest.mark.parametrize("add_column", [False, True], ids=["legacy", "half-upgraded"])
+async def test_lancedb_upgrades_a_table_without_source_domain(
+    tmp_path: Path, add_column: bool
+) -> None:
+    rng = np.random.default_rng(11)
+    urls = ["https://Example.com/a.jpg", None, "http://other.org:81/b", "https://example.com/c"]
+    images = [
+        IndexedImage(
+            record=make_record(_MODEL, source_url=url, caption=f"old caption {i}"),
+            vector=unit_vector(rng, _DIM),
+        )
+        for i, url in enumerate(urls)
+    ]
+    await _legacy_table(tmp_path / "db", images, add_column)
+
+    store = LanceDBVectorStore(tmp_path / "db", _MODEL, _DIM)
+    try:
+        await store.ensure_schema()
+        for image in images:
+            got = await store.get(image.record.id)
+            assert got is not None and got.model_dump() == image.record.model_dump()
+        f = ImageFilter(source_domains=("example.com",))
+        # The column was filled in, not only derived when a record is read.
+        assert await store.count(f) == 2
+        assert {r.id for r in (await store.list(10, None, f)).records} == {
+            images[0].record.id,
+            images[3].record.id,
+        }
+        assert len(await store.keyword_search("old caption", 10)) == 4
+        # New records go in beside the old ones.
+        new = make_image(rng, store, source_url="https://example.com/new")
+        await store.upsert([new])
+        assert await store.count(f) == 3
+    finally:
+        await store.close()
+
+    # Upgraded once: opening again commits nothing.
+    import lancedb
+
+    db = await lancedb.connect_async(tmp_path / "db")
+    table = await db.open_table("images")
+    version = await table.version()
+    again = LanceDBVectorStore(tmp_path / "db", _MODEL, _DIM)
+    try:
+        await again.ensure_schema()
+        assert await again.count() == 5
+    finally:
+        await again.close()
+    assert await table.version() == version
+    table.close()
+    db.close()
+
+
+async def test_lancedb_keyword_search_sees_rows_the_index_does_not_cover_yet(
+    tmp_path: Path,
+) -> None:
+    store = LanceDBVectorStore(tmp_path / "db", _MODEL, _DIM)
+    rng = np.random.default_rng(12)
+    try:
+        indexed = await _captioned(store, rng, ["a zebra at noon", "a lion at dusk"])
+        table = await store._get_table()
+        # Folds the rows into the caption index, as index maintenance would.
+        await table.optimize()
+        stats = await table.index_stats("caption_idx")
+        assert stats is not None and stats.num_unindexed_rows == 0
+        (added,) = await _captioned(store, rng, ["a zebra at dawn"])
+        await store.update_caption(indexed[1].record.id, "a zebra asleep", "m2")
+
+        stats = await table.index_stats("caption_idx")
+        assert stats is not None and stats.num_unindexed_rows == 2
+        assert set(_ids(await store.keyword_search("zebra", 10))) == {
+            indexed[0].record.id,
+            indexed[1].record.id,
+            added.record.id,
+        }
+        # The old caption of the re-captioned row is gone from the index's answers.
+        assert await store.keyword_search("lion", 10) == []
+        assert (
+            _ids(
+                await store.keyword_search("zebra", 10, ImageFilter(created_before=created(-1000)))
+            )
+            == []
+        )
+    finally:
+        await store.close()
+
+
+async def test_lancedb_filtered_search_with_an_ann_index_fills_the_limit(tmp_path: Path) -> None:
+    """An IVF_PQ index probes a few partitions; the admitted rows may lie in others.
+
+    Sized so that Lance answers from the index rather than scanning the admitted rows
+    flat (with fewer rows it does the latter, and any setting passes): without the store
+    letting it probe further, this search comes back about 75 hits short.
+    """
+    from lancedb.index import IvfPq
+
+    store = LanceDBVectorStore(tmp_path / "db", _MODEL, _DIM)
+    rng = np.random.default_rng(13)
+    images = [
+        make_image(rng, store, tags=["rare"] if i % 10 == 0 else ["common"]) for i in range(6000)
+    ]
+    try:
+        await store.upsert(images)
+        table = await store._get_table()
+        # More partitions than Lance probes by default (20).
+        await table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=64))
+        rare = {image.record.id for image in images if "rare" in image.record.tags}
+        f = ImageFilter(tags_any=("rare",))
+
+        hits = await store.search(unit_vector(rng, _DIM), limit=590, filters=f)
+
+        assert len(hits) == 590
+        assert {hit.record.id for hit in hits} <= rare
+        # Re-ranked on full vectors: an admitted record's own vector finds it first.
+        target = images[70]
+        (first, *_) = await store.search(target.vector, limit=3, filters=f)
+        assert first.record.id == target.record.id
+        assert first.score == pytest.approx(1.0, abs=1e-5)
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("key", ["ab/cd.meta.json", "ab/.tmp-1", "a\\b", "ab//cd", "ab/"])

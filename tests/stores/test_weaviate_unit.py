@@ -24,6 +24,14 @@ import numpy as np
 import pytest
 from weaviate.classes.config import DataType, Tokenization, VectorDistances
 from weaviate.collections.classes.config import _CollectionConfigCreate
+from weaviate.collections.classes.filters import (
+    _FilterAnd,
+    _FilterOr,
+    _Filters,
+    _FilterValue,
+    _Operator,
+)
+from weaviate.collections.filters import _FilterToGRPC, _FilterToREST
 from weaviate.exceptions import (
     UnexpectedStatusCodeError,
     WeaviateBatchError,
@@ -38,7 +46,7 @@ from weaviate.exceptions import (
 )
 
 from ingress.errors import to_api_error
-from ingress.records import ImageRecord, IndexedImage, image_id_for
+from ingress.records import ImageFilter, ImageRecord, IndexedImage, image_id_for
 from ingress.stores.base import (
     EmbeddingMismatch,
     StoreError,
@@ -59,7 +67,9 @@ from ingress.stores.weaviate_store import (
     properties_to_record,
     record_to_properties,
     similarity_from_distance,
+    weaviate_filter,
 )
+from tests.stores.filter_cases import FILTER_CASES, POPULATION_SIZE, population_fields
 from tests.stores.weaviate_backend import WEAVIATE_SKIP_REASON, WeaviateOpener
 
 MODEL = "test/clip-tiny"
@@ -99,7 +109,14 @@ def test_schema_types_and_tokenization() -> None:
     assert props["caption"].dataType == DataType.TEXT
     assert props["caption"].tokenization == Tokenization.WORD
     assert props["caption"].indexSearchable is True
-    for name in ("content_type", "sha256", "source_url", "caption_model", "embedding_model"):
+    for name in (
+        "content_type",
+        "sha256",
+        "source_url",
+        "caption_model",
+        "embedding_model",
+        "source_domain",
+    ):
         assert props[name].dataType == DataType.TEXT, name
         assert props[name].tokenization == Tokenization.FIELD, name
         assert props[name].indexSearchable is False, name  # BM25 is for the caption only
@@ -668,3 +685,422 @@ async def test_refuses_unsuitable_collections(
         await store.ensure_schema()
     assert type(info.value) is error
     assert client.closed  # a refused store lets go of its connection
+
+
+# -- filters ------------------------------------------------------------------------------
+
+
+def _weaviate_matches(flt: _Filters, record: ImageRecord) -> bool:
+    """How Weaviate evaluates a filter on one object, for the operators this store uses:
+    a property the object lacks matches nothing; ContainsAny/All compare whole values
+    (every text property here is tokenised as `field`); `_id` is the object id's text."""
+    if isinstance(flt, _FilterAnd):
+        return all(_weaviate_matches(f, record) for f in flt.filters)
+    if isinstance(flt, _FilterOr):
+        return any(_weaviate_matches(f, record) for f in flt.filters)
+    assert isinstance(flt, _FilterValue), flt
+    assert isinstance(flt.target, str), flt.target
+    props = record_to_properties(record)
+    actual = record.id if flt.target == "_id" else props.get(flt.target)
+    if actual is None:
+        return False
+    value = flt.value
+    op = flt.operator
+    if op == _Operator.CONTAINS_ANY:
+        values = actual if isinstance(actual, list) else [actual]
+        return any(v in values for v in value)  # type: ignore[union-attr]
+    if op == _Operator.CONTAINS_ALL:
+        values = actual if isinstance(actual, list) else [actual]
+        return all(v in values for v in value)  # type: ignore[union-attr]
+    assert not isinstance(actual, list), (flt.target, op)
+    compare: dict[_Operator, Callable[[Any, Any], bool]] = {
+        _Operator.EQUAL: lambda a, b: a == b,
+        _Operator.GREATER_THAN: lambda a, b: a > b,
+        _Operator.GREATER_THAN_EQUAL: lambda a, b: a >= b,
+        _Operator.LESS_THAN: lambda a, b: a < b,
+        _Operator.LESS_THAN_EQUAL: lambda a, b: a <= b,
+    }
+    return compare[op](actual, value)
+
+
+def _population() -> list[ImageRecord]:
+    return [
+        make_record(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"pop-{i}")), **population_fields(i))
+        for i in range(POPULATION_SIZE)
+    ]
+
+
+@pytest.mark.parametrize(("name", "image_filter"), FILTER_CASES, ids=[c[0] for c in FILTER_CASES])
+def test_filter_admits_what_the_reference_admits(name: str, image_filter: ImageFilter) -> None:
+    records = _population()
+    flt = weaviate_filter(image_filter)
+    expected = [r.id for r in records if image_filter.matches(r)]
+    if image_filter.is_empty():
+        assert flt is None
+        return
+    assert flt is not None
+    assert [r.id for r in records if _weaviate_matches(flt, r)] == expected
+    # The client can put it on the wire (gRPC for queries, REST for aggregates).
+    assert _FilterToGRPC.convert(flt) is not None
+    assert _FilterToREST.convert(flt)
+
+
+def test_filter_with_a_cursor_admits_only_later_ids() -> None:
+    records = _population()
+    ids = sorted(r.id for r in records)
+    image_filter = ImageFilter(tags_any=("cat",))
+    for after in (ids[0], ids[11], ids[-1]):
+        flt = weaviate_filter(image_filter, after_id=after)
+        assert flt is not None
+        got = sorted(r.id for r in records if _weaviate_matches(flt, r))
+        assert got == [
+            i for i in ids if i > after and i in {r.id for r in records if image_filter.matches(r)}
+        ]
+    only_cursor = weaviate_filter(None, after_id=ids[5])
+    assert only_cursor is not None
+    assert sorted(r.id for r in records if _weaviate_matches(only_cursor, r)) == ids[6:]
+    wire = _FilterToGRPC.convert(only_cursor)
+    assert wire is not None and wire.target.property == "_id" and wire.value_text == ids[5]
+
+
+def test_filter_bounds_out_of_int64_are_clamped() -> None:
+    flt = weaviate_filter(ImageFilter(min_width=2**70, min_height=-(2**70)))
+    assert isinstance(flt, _FilterAnd)
+    assert [f.value for f in flt.filters] == [2**63 - 1, -(2**63) + 1]  # type: ignore[attr-defined]
+    assert _FilterToGRPC.convert(flt) is not None
+
+
+def test_naive_datetimes_in_filters_are_utc() -> None:
+    naive = datetime(2024, 3, 5, 12, 0)
+    flt = weaviate_filter(ImageFilter(created_after=naive))
+    assert isinstance(flt, _FilterValue)
+    assert flt.value == naive.replace(tzinfo=timezone.utc)
+
+
+# -- requests, with a stand-in collection ----------------------------------------------
+
+
+class FakeData:
+    """A collection's objects: id -> (properties, vector)."""
+
+    def __init__(self, objects: dict[str, tuple[dict[str, Any], list[float]]]) -> None:
+        self.objects = objects
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def obj(self, object_id: str, **metadata: Any) -> SimpleNamespace:
+        props, vector = self.objects[object_id]
+        return SimpleNamespace(
+            uuid=uuid.UUID(object_id),
+            properties=dict(props),
+            vector={"default": vector},
+            metadata=SimpleNamespace(**metadata),
+        )
+
+
+class FakeQuery:
+    def __init__(self, data: FakeData) -> None:
+        self.data = data
+
+    def _answer(self, kind: str, kwargs: dict[str, Any], **metadata: Any) -> SimpleNamespace:
+        self.data.calls.append((kind, kwargs))
+        ids = sorted(self.data.objects)
+        return SimpleNamespace(objects=[self.data.obj(i, **metadata) for i in ids])
+
+    async def near_vector(self, **kwargs: Any) -> SimpleNamespace:
+        return self._answer("near_vector", kwargs, distance=0.25)
+
+    async def bm25(self, **kwargs: Any) -> SimpleNamespace:
+        return self._answer("bm25", kwargs, score=1.5)
+
+    async def fetch_objects(self, **kwargs: Any) -> SimpleNamespace:
+        self.data.calls.append(("fetch_objects", kwargs))
+        ids = sorted(self.data.objects)
+        if kwargs.get("after") is not None:
+            ids = [i for i in ids if i > kwargs["after"]]
+        return SimpleNamespace(objects=[self.data.obj(i) for i in ids[: kwargs["limit"]]])
+
+    async def fetch_object_by_id(self, object_id: str, **kwargs: Any) -> SimpleNamespace | None:
+        self.data.calls.append(("fetch_object_by_id", {"uuid": object_id, **kwargs}))
+        return self.data.obj(object_id) if object_id in self.data.objects else None
+
+
+class FakeDataOps:
+    def __init__(self, data: FakeData) -> None:
+        self.data = data
+
+    async def update(self, uuid: str, properties: dict[str, Any]) -> None:
+        self.data.calls.append(("update", {"uuid": uuid, "properties": properties}))
+        if uuid not in self.data.objects:
+            raise status_error(404)
+        self.data.objects[uuid][0].update(properties)
+
+
+class FakeAggregate:
+    def __init__(self, data: FakeData) -> None:
+        self.data = data
+
+    async def over_all(self, **kwargs: Any) -> SimpleNamespace:
+        self.data.calls.append(("over_all", kwargs))
+        return SimpleNamespace(total_count=7)
+
+
+class FakeConfig:
+    def __init__(self, data: FakeData, config: SimpleNamespace, rival: bool = False) -> None:
+        self.data = data
+        self.config = config
+        # Another replica adds the property between our schema read and our add.
+        self.rival = rival
+
+    async def get(self) -> SimpleNamespace:
+        return self.config
+
+    async def add_property(self, prop: Any) -> None:
+        self.data.calls.append(("add_property", {"prop": prop}))
+        if self.rival:
+            self.config.properties = [*self.config.properties, prop]
+            raise status_error(422)
+        self.config.properties = [*self.config.properties, prop]
+
+
+class FakeDataCollection:
+    def __init__(self, data: FakeData, config: SimpleNamespace, rival: bool = False) -> None:
+        self.query = FakeQuery(data)
+        self.data = FakeDataOps(data)
+        self.aggregate = FakeAggregate(data)
+        self.config = FakeConfig(data, config, rival)
+
+
+class FakeDataClient:
+    def __init__(self, collection: FakeDataCollection) -> None:
+        self.collection = collection
+        self.collections = SimpleNamespace(
+            exists=self._exists, get=lambda name: self.collection, create=None
+        )
+
+    async def _exists(self, name: str) -> bool:
+        return True
+
+    async def connect(self) -> None:
+        pass
+
+    async def is_live(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+def _stored(records: list[ImageRecord]) -> dict[str, tuple[dict[str, Any], list[float]]]:
+    return {
+        r.id: (record_to_properties(r), [float(i + 1)] + [0.0] * (DIM - 1))
+        for i, r in enumerate(records)
+    }
+
+
+async def open_fake(
+    monkeypatch: pytest.MonkeyPatch,
+    records: list[ImageRecord],
+    config: SimpleNamespace | None = None,
+    rival: bool = False,
+) -> tuple[WeaviateVectorStore, FakeData]:
+    data = FakeData(_stored(records))
+    collection = FakeDataCollection(data, config or made_by(), rival)
+    store = WeaviateVectorStore(MODEL, DIM, "127.0.0.1")
+    monkeypatch.setattr(store, "_new_client", lambda: FakeDataClient(collection))
+    await store.ensure_schema()
+    return store, data
+
+
+def _wire(flt: _Filters | None) -> Any:
+    return None if flt is None else _FilterToGRPC.convert(flt)
+
+
+def _records(n: int, **overrides: Any) -> list[ImageRecord]:
+    return [
+        make_record(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"r-{i}")), **overrides) for i in range(n)
+    ]
+
+
+async def test_search_sends_the_filter_and_reads_back_vectors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = _records(2)
+    store, data = await open_fake(monkeypatch, records)
+    f = ImageFilter(tags_any=("cat",), min_width=10)
+    hits = await store.search(np.ones(DIM, dtype=np.float32), 5, f)
+    ((kind, kwargs),) = data.calls
+    assert kind == "near_vector"
+    assert kwargs["limit"] == 5 and kwargs["include_vector"] is True
+    assert kwargs["return_metadata"].distance is True
+    assert _wire(kwargs["filters"]) == _wire(weaviate_filter(f))
+    assert [h.record.id for h in hits] == sorted(r.id for r in records)
+    for hit in hits:
+        assert hit.score == hit.vector_score == pytest.approx(0.75)
+        assert hit.keyword_score is None
+        assert hit.vector is not None and hit.vector.dtype == np.float32
+        assert hit.vector.tolist() == data.objects[hit.record.id][1]
+    # Without a filter, none is sent.
+    await store.search(np.ones(DIM, dtype=np.float32), 5)
+    assert data.calls[-1][1]["filters"] is None
+    await store.close()
+
+
+async def test_keyword_search_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, data = await open_fake(monkeypatch, _records(1))
+    f = ImageFilter(source_domains=("example.com",))
+    (hit,) = await store.keyword_search("Red, CAR!", 3, f)
+    ((kind, kwargs),) = data.calls
+    assert kind == "bm25"
+    assert kwargs["query"] == "red car"
+    assert kwargs["query_properties"] == ["caption"]
+    assert kwargs["limit"] == 3 and kwargs["include_vector"] is True
+    assert kwargs["return_metadata"].score is True
+    assert _wire(kwargs["filters"]) == _wire(weaviate_filter(f))
+    assert hit.score == hit.keyword_score == 1.5 and hit.vector_score is None
+    assert hit.vector is not None
+    # No searchable term: nothing is asked.
+    assert await store.keyword_search(" ?! ", 3) == []
+    assert len(data.calls) == 1
+    with pytest.raises(ValueError):
+        await store.keyword_search("red", 0)
+    await store.close()
+
+
+async def test_count_sends_the_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, data = await open_fake(monkeypatch, [])
+    f = ImageFilter(content_types=("image/png",))
+    assert await store.count(f) == 7
+    assert await store.count() == 7
+    (_, with_filter), (_, without) = data.calls
+    assert with_filter["total_count"] is True
+    assert _wire(with_filter["filters"]) == _wire(weaviate_filter(f))
+    assert without["filters"] is None
+    await store.close()
+
+
+async def test_filtered_list_pages_by_id_without_the_cursor_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = _records(5)
+    ids = sorted(r.id for r in records)
+    store, data = await open_fake(monkeypatch, records)
+    f = ImageFilter(tags_all=("cat",))
+
+    page = await store.list(2, None, f)
+
+    (_, first), *_ = data.calls
+    assert "after" not in first and first["limit"] == 3
+    assert [(s.prop, s.ascending) for s in first["sort"].sorts] == [("_id", True)]
+    assert _wire(first["filters"]) == _wire(weaviate_filter(f))
+    assert page.next_cursor is not None
+    # The fake ignores filters, so its page is the first ids; the cursor names the last.
+    assert [r.id for r in page.records] == ids[:2]
+    assert decode_cursor(page.next_cursor) == ids[1]
+
+    await store.list(2, page.next_cursor, f)
+    (_, second) = data.calls[-1]
+    assert _wire(second["filters"]) == _wire(weaviate_filter(f, after_id=ids[1]))
+
+    # Unfiltered (or an empty filter): the cursor API, as before.
+    for empty in (None, ImageFilter()):
+        await store.list(2, page.next_cursor, empty)
+        (_, plain) = data.calls[-1]
+        assert plain["after"] == ids[1] and "filters" not in plain and "sort" not in plain
+    await store.close()
+
+
+async def test_updates_patch_and_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    (record,) = _records(1, caption="old", tags=["a"])
+    store, data = await open_fake(monkeypatch, [record])
+
+    updated = await store.update_tags(record.id, ["b", "x'y"])
+
+    assert updated is not None and updated.tags == ["b", "x'y"]
+    assert updated.model_dump(exclude={"tags"}) == record.model_dump(exclude={"tags"})
+    patch = [c for c in data.calls if c[0] == "update"]
+    assert patch == [("update", {"uuid": record.id, "properties": {"tags": ["b", "x'y"]}})]
+
+    captioned = await store.update_caption(record.id, "new", "blip/v2")
+    assert captioned is not None
+    assert (captioned.caption, captioned.caption_model, captioned.tags) == (
+        "new",
+        "blip/v2",
+        ["b", "x'y"],
+    )
+    assert data.calls[-2] == (
+        "update",
+        {"uuid": record.id, "properties": {"caption": "new", "caption_model": "blip/v2"}},
+    )
+    await store.close()
+
+
+async def test_updates_of_unknown_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, data = await open_fake(monkeypatch, [])
+    missing = str(uuid.uuid4())
+    assert await store.update_tags(missing, ["x"]) is None
+    assert await store.update_caption(missing, "c", "m") is None
+    assert [c[0] for c in data.calls] == ["update", "update"]  # 404 -> None, nothing read
+    calls = len(data.calls)
+    for hostile in ["", "x' OR '1'='1", missing.upper()]:
+        assert await store.update_tags(hostile, ["x"]) is None
+    assert len(data.calls) == calls  # refused before any request
+    await store.close()
+
+
+def _without_source_domain() -> SimpleNamespace:
+    config = made_by()
+    config.properties = [p for p in image_properties() if p.name != "source_domain"]
+    return config
+
+
+async def test_ensure_schema_adds_source_domain_and_fills_it_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("ingress.stores.weaviate_store._BACKFILL_PAGE", 2)
+    with_url = _records(3, source_url="https://Example.com/x")
+    without_url = _records(4)[3:]
+    legacy = [*with_url, *without_url]
+    data = FakeData(_stored(legacy))
+    for props, _ in data.objects.values():
+        props.pop("source_domain", None)
+    collection = FakeDataCollection(data, _without_source_domain())
+    store = WeaviateVectorStore(MODEL, DIM, "127.0.0.1")
+    monkeypatch.setattr(store, "_new_client", lambda: FakeDataClient(collection))
+
+    await store.ensure_schema()
+
+    (added,) = [c[1]["prop"] for c in data.calls if c[0] == "add_property"]
+    assert added.name == "source_domain"
+    assert added.dataType == DataType.TEXT and added.tokenization == Tokenization.FIELD
+    updates = sorted(c[1]["uuid"] for c in data.calls if c[0] == "update")
+    assert updates == sorted(r.id for r in with_url)
+    for r in with_url:
+        assert data.objects[r.id][0]["source_domain"] == "example.com"
+    assert "source_domain" not in data.objects[without_url[0].id][0]
+    # Paged through the cursor API, two at a time, to the end.
+    pages = [c[1] for c in data.calls if c[0] == "fetch_objects"]
+    assert [p["limit"] for p in pages] == [2, 2, 2]
+    # Opened once: a second ensure_schema adds nothing.
+    calls = len(data.calls)
+    await store.ensure_schema()
+    assert len(data.calls) == calls
+    await store.close()
+
+
+async def test_a_rival_adding_source_domain_first_is_fine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, data = await open_fake(
+        monkeypatch, _records(2, source_url="https://e.com/"), _without_source_domain(), rival=True
+    )
+    assert [c[0] for c in data.calls] == ["add_property"]  # no backfill: the rival does it
+    await store.close()
+
+
+async def test_a_collection_missing_other_properties_is_still_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = made_by()
+    config.properties = [p for p in image_properties() if p.name not in ("source_domain", "tags")]
+    with pytest.raises(StoreError, match="lacks properties"):
+        await open_fake(monkeypatch, [], config)
