@@ -31,23 +31,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
+from ingress.cli_config import (
+    ConfigError,
+    describe_storage,
+    load_app_args,
+    print_keys,
+    recorded_embedding,
+    without_bucket_creation,
+)
 from ingress.records import blob_key_for, image_id_for
-from ingress.settings import AppArgs, LanceDBArgs, S3Args, StorageArgs
+from ingress.settings import StorageArgs
 from ingress.stores.base import BlobStore, StoreError, VectorStore
-from ingress.stores.factory import open_blob_store, open_vector_store, weaviate_options
+from ingress.stores.factory import open_blob_store, open_vector_store
 
 logger = logging.getLogger("ingress.maintenance")
 
 DEFAULT_MIN_AGE_S = 3600.0
 # Records per list() call while walking the vector store.
 _PAGE_SIZE = 500
-# Keys printed per kind in the command's summary.
-_SHOWN = 20
 
 EXIT_CLEAN = 0
 EXIT_ORPHANS_REMAIN = 1
@@ -55,29 +57,6 @@ EXIT_USAGE = 2
 EXIT_STORE_FAILED = 3
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-class ConfigError(Exception):
-    """The serve config cannot be read or does not validate."""
-
-
-# -- opening the stores without the models ---------------------------------------------
-
-
-async def recorded_embedding(storage: StorageArgs) -> tuple[str, int]:
-    """(embedding_model, dim) recorded in the existing vector collection that storage
-    names, so that the stores open without loading the models. Creates nothing; raises
-    StoreError when there is no such collection."""
-    config = storage.vectors
-    if isinstance(config, LanceDBArgs):
-        from ingress.stores.lancedb_store import LanceDBVectorStore
-
-        return await LanceDBVectorStore.recorded_embedding(
-            storage.lancedb_path(config), config.table
-        )
-    from ingress.stores.weaviate_store import WeaviateVectorStore
-
-    return await WeaviateVectorStore.recorded_embedding(config.url, **weaviate_options(config))
 
 
 # -- finding and removing orphans ---------------------------------------------------
@@ -255,95 +234,23 @@ async def remove_orphan_blobs(report: OrphanReport, vectors: VectorStore, blobs:
 # -- the command ----------------------------------------------------------------------
 
 
-def load_app_args(config_path: Path, app: str | None = None) -> AppArgs:
-    """The AppArgs of one application in a serve config, with relative store paths
-    resolved against the current directory (as `serve run` does). ConfigError names
-    what is wrong."""
-    try:
-        document = yaml.safe_load(config_path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read {config_path}: {e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{config_path} is not valid YAML: {e}") from e
-    applications = document.get("applications") if isinstance(document, dict) else None
-    if not isinstance(applications, list) or not all(isinstance(a, dict) for a in applications):
-        raise ConfigError(f"{config_path} has no list of `applications`")
-    names = [str(a.get("name")) for a in applications]
-    if app is None:
-        if len(applications) != 1:
-            raise ConfigError(f"{config_path} has applications {names}; choose one with --app")
-        chosen = applications[0]
-    else:
-        matching = [a for a in applications if a.get("name") == app]
-        if not matching:
-            raise ConfigError(f"{config_path} has no application {app!r} (it has {names})")
-        chosen = matching[0]
-    try:
-        args = AppArgs.model_validate(chosen.get("args") or {})
-    except ValidationError as e:
-        raise ConfigError(f"{config_path}: invalid args of {chosen.get('name')!r}: {e}") from e
-    return args.model_copy(update={"storage": _resolved(args.storage)})
-
-
-def _resolved(storage: StorageArgs) -> StorageArgs:
-    update: dict[str, Any] = {"data_dir": storage.data_dir.resolve()}
-    for name in ("vectors", "blobs"):
-        store = getattr(storage, name)
-        path = getattr(store, "path", None)
-        if path is not None:
-            update[name] = store.model_copy(update={"path": path.resolve()})
-    return storage.model_copy(update=update)
-
-
-def _for_maintenance(storage: StorageArgs) -> StorageArgs:
-    # Maintenance creates nothing: a missing bucket is an error, not made here.
-    if isinstance(storage.blobs, S3Args) and storage.blobs.create_bucket:
-        blobs = storage.blobs.model_copy(update={"create_bucket": False})
-        return storage.model_copy(update={"blobs": blobs})
-    return storage
-
-
-def describe_storage(storage: StorageArgs) -> str:
-    vectors = storage.vectors
-    if isinstance(vectors, LanceDBArgs):
-        where = f"lancedb {storage.lancedb_path(vectors)} (table {vectors.table})"
-    else:
-        where = f"weaviate {vectors.url} (collection {vectors.collection})"
-    blobs = storage.blobs
-    if isinstance(blobs, S3Args):
-        what = f"s3://{blobs.bucket}/{blobs.prefix}"
-        if blobs.endpoint_url:
-            what += f" at {blobs.endpoint_url}"
-    else:
-        what = f"local {storage.blob_path(blobs)}"
-    return f"vectors: {where}; blobs: {what}"
-
-
-def _print_keys(title: str, keys: Sequence[str]) -> None:
-    print(f"{title}: {len(keys)}")
-    for key in keys[:_SHOWN]:
-        print(f"  {key}")
-    if len(keys) > _SHOWN:
-        print(f"  ... and {len(keys) - _SHOWN} more")
-
-
 def print_report(report: OrphanReport) -> None:
     age = f"{report.min_age_s:g} s"
     print(f"records: {report.records_seen}, blobs: {report.blobs_seen}")
-    _print_keys(f"blobs without a record (older than {age})", report.blobs_without_record)
-    _print_keys("records without a blob", report.records_without_blob)
+    print_keys(f"blobs without a record (older than {age})", report.blobs_without_record)
+    print_keys("records without a blob", report.records_without_blob)
     if report.recent_unreferenced:
         print(
             f"unreferenced blobs younger than {age}, left alone (ingests in flight): "
             f"{len(report.recent_unreferenced)}"
         )
     if report.unrecognised_blobs:
-        _print_keys("keys this service does not write, never deleted", report.unrecognised_blobs)
+        print_keys("keys this service does not write, never deleted", report.unrecognised_blobs)
 
 
 async def run_orphans(storage: StorageArgs, *, delete: bool, min_age_s: float) -> int:
     """The `orphans` command on already validated storage args; the exit status."""
-    storage = _for_maintenance(storage)
+    storage = without_bucket_creation(storage)
     print(describe_storage(storage))
     try:
         model, dim = await recorded_embedding(storage)
@@ -383,9 +290,9 @@ async def _check(vectors: VectorStore, blobs: BlobStore, *, delete: bool, min_ag
                 "ingest referenced or rewrote meanwhile"
             )
         if outcome.failed:
-            _print_keys("could not remove (the store failed; run again)", outcome.failed)
+            print_keys("could not remove (the store failed; run again)", outcome.failed)
         if outcome.raced:
-            _print_keys("records written while their blob was removed", outcome.raced)
+            print_keys("records written while their blob was removed", outcome.raced)
         remaining = len(outcome.failed)
         broken += outcome.raced
     elif report.blobs_without_record:
