@@ -60,7 +60,20 @@ DEFAULT_KEYS_ENV = "IMAGESEARCH_API_KEYS"
 DEFAULT_HEADER = "X-API-Key"
 
 # Paths that need no key: probes and the API documentation.
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+OPEN_PATHS = frozenset(
+    {
+        "/healthz",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/openapi.json",
+        "/redoc",
+        # The search page and its script and style: a browser opening the page sends no
+        # key; the page sends the key the user enters with every API call it makes.
+        "/",
+        "/static/app.js",
+        "/static/style.css",
+    }
+)
 # Paths never rate limited, so liveness and readiness probes never see a 429.
 UNLIMITED_PATHS = frozenset({"/healthz"})
 

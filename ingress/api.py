@@ -8,6 +8,7 @@ and FastAPI must resolve the annotations there.
 """
 
 import logging
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -24,7 +25,9 @@ from ingress.fetch import SafeFetcher
 from ingress.imaging import DecodedImage
 from ingress.metrics import service_metrics
 from ingress.model_client import ServedModels
+from ingress.records import ImageFilter
 from ingress.schemas import (
+    MAX_DIMENSION,
     AddByUrl,
     AddedImage,
     DeleteBody,
@@ -33,15 +36,25 @@ from ingress.schemas import (
     Health,
     ImageList,
     ImageOut,
+    ImageSearchForm,
+    NearDuplicate,
+    SearchFilters,
+    SearchOptions,
     SearchResponse,
     SearchResult,
+    SimilarSearch,
+    TagsUpdate,
     TextSearch,
     UrlSearch,
 )
 from ingress.service import ImageService, SearchOutcome
+from ingress.service import SearchOptions as ServiceSearchOptions
 from ingress.settings import AppArgs, S3Args
 from ingress.stores.base import PresigningBlobStore
 from ingress.stores.factory import open_stores
+from ingress.thumbnails import CONTENT_TYPES as THUMBNAIL_TYPES
+from ingress.thumbnails import etag_matches
+from ingress.web import PAGE_HEADERS, load_asset
 
 logger = logging.getLogger("ingress.api")
 
@@ -74,7 +87,19 @@ def _multipart_upload(extra_fields: dict[str, Any], json_body: type[Any] | None 
 _TAGS_FIELD = {"type": "string", "description": "Comma-separated; the field may repeat."}
 _MULTIPART_OR_JSON = _multipart_upload({"tags": _TAGS_FIELD}, json_body=AddByUrl)
 _MULTIPART_UPLOAD = _multipart_upload({})
-_MULTIPART_IMAGE = _multipart_upload({"limit": {"type": "integer", "minimum": 1}})
+_MULTIPART_IMAGE = _multipart_upload(
+    {
+        "limit": {"type": "integer", "minimum": 1},
+        "offset": {"type": "integer", "minimum": 0},
+        "min_score": {"type": "number"},
+        "dedup": {"type": "boolean"},
+        "filters": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": 'The filters object as JSON text, e.g. {"tags_any": ["cat"]}.',
+        },
+    }
+)
 
 app = FastAPI(
     title="Image search",
@@ -115,31 +140,51 @@ def _results(outcome: SearchOutcome, kind: str) -> SearchResponse:
     service_metrics().search_latency.observe(outcome.took_ms, tags={"kind": kind})
     return SearchResponse(
         results=[
-            SearchResult(image=ImageOut.from_record(hit.record), score=hit.score)
+            SearchResult(
+                image=ImageOut.from_record(hit.record),
+                score=hit.score,
+                vector_score=hit.vector_score,
+                keyword_score=hit.keyword_score,
+                matched=list(hit.matched),
+                near_duplicates=list(hit.near_duplicates),
+            )
             for hit in outcome.hits
         ],
         took_ms=outcome.took_ms,
+        offset=outcome.offset,
+        next_offset=outcome.next_offset,
     )
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+    )
+    return ApiError(422, "validation_error", problems)
 
 
 def _parse_json(model: type[Any], body: bytes) -> Any:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ApiError(422, "validation_error", problems) from None
+        raise _invalid(exc) from None
 
 
-def _int_field(name: str, raw: Any) -> int | None:
-    if raw is None or raw == "":
-        return None
+def _validated(model: type[Any], data: dict[str, Any]) -> Any:
     try:
-        return int(str(raw))
-    except ValueError:
-        raise ApiError(422, "validation_error", f"{name} must be an integer") from None
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _page_asset(name: str, request: Request) -> Response:
+    asset = load_asset(name)
+    if asset is None:
+        raise ApiError(404, "not_found", f"no file {name!r}")
+    headers = {**PAGE_HEADERS, "ETag": asset.etag}
+    if etag_matches(request.headers.get("if-none-match"), asset.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(asset.data, media_type=asset.media_type, headers=headers)
 
 
 @serve.ingress(app)
@@ -158,8 +203,11 @@ class ImageSearchApi:
         vectors, blobs = await open_stores(
             args.storage, self.models.embedding_model, self.models.embedding_dim
         )
-        self.service = ImageService(self.models, vectors, blobs, args.intake.image_limits())
+        self.service = ImageService(
+            self.models, vectors, blobs, args.intake.image_limits(), args.search
+        )
         self.fetcher = SafeFetcher(args.url_fetch.policy(args.intake.max_upload_bytes))
+        self.thumbnails = args.thumbnails.thumbnailer(args.intake.image_limits())
         blobs_config = args.storage.blobs
         self.redirect_content = isinstance(blobs_config, S3Args) and blobs_config.presigned_redirect
         self.presign_expiry_s = getattr(blobs_config, "presign_expiry_s", 0)
@@ -217,8 +265,11 @@ class ImageSearchApi:
         )
         if added.duplicate:
             response.status_code = 200
+        near = added.near_duplicate_of
         return AddedImage(
-            **ImageOut.from_record(added.record).model_dump(), duplicate=added.duplicate
+            **ImageOut.from_record(added.record).model_dump(),
+            duplicate=added.duplicate,
+            near_duplicate_of=NearDuplicate(id=near.image_id, score=near.score) if near else None,
         )
 
     @app.get("/images/list", response_model=ImageList, deprecated=True)
@@ -227,9 +278,29 @@ class ImageSearchApi:
         self,
         limit: Annotated[int, Query(ge=1)] = 50,
         cursor: Annotated[str | None, Query(max_length=512)] = None,
+        tags_any: Annotated[list[str] | None, Query(description="Repeatable.")] = None,
+        tags_all: Annotated[list[str] | None, Query(description="Repeatable.")] = None,
+        content_types: Annotated[list[str] | None, Query(description="Repeatable.")] = None,
+        min_width: Annotated[int | None, Query(ge=0, le=MAX_DIMENSION)] = None,
+        min_height: Annotated[int | None, Query(ge=0, le=MAX_DIMENSION)] = None,
+        created_after: Annotated[datetime | None, Query(description="Exclusive.")] = None,
+        created_before: Annotated[datetime | None, Query(description="Exclusive.")] = None,
+        source_domains: Annotated[list[str] | None, Query(description="Repeatable.")] = None,
     ) -> ImageList:
+        """The same filters as the searches' `filters` object, as query parameters."""
         self._check_limit(limit, self.args.search.max_list_limit)
-        page, total = await self.service.list(limit, cursor)
+        given = {
+            "tags_any": tags_any,
+            "tags_all": tags_all,
+            "content_types": content_types,
+            "min_width": min_width,
+            "min_height": min_height,
+            "created_after": created_after,
+            "created_before": created_before,
+            "source_domains": source_domains,
+        }
+        filters = _validated(SearchFilters, {k: v for k, v in given.items() if v is not None})
+        page, total = await self.service.list(limit, cursor, self._filter(filters))
         return ImageList(
             images=[ImageOut.from_record(r) for r in page.records],
             next_cursor=page.next_cursor,
@@ -252,6 +323,11 @@ class ImageSearchApi:
     @app.get("/images/{image_id}", response_model=ImageOut, summary="One image record")
     async def get_image(self, image_id: str) -> ImageOut:
         return ImageOut.from_record(await self.service.get(image_id))
+
+    @app.patch("/images/{image_id}", response_model=ImageOut, summary="Replace an image's tags")
+    async def update_image(self, image_id: str, body: TagsUpdate) -> ImageOut:
+        record = await self.service.update_tags(image_id, self._tags(body.tags))
+        return ImageOut.from_record(record)
 
     @app.get(
         "/images/{image_id}/content",
@@ -280,6 +356,42 @@ class ImageSearchApi:
             },
         )
 
+    @app.get(
+        "/images/{image_id}/thumbnail",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {media: {} for media in THUMBNAIL_TYPES.values()},
+                "description": "A small copy, longest side at most `size`; never enlarged.",
+            },
+            304: {"description": "Not modified: the If-None-Match ETag is current."},
+        },
+        summary="A small copy of the image for result grids",
+    )
+    async def image_thumbnail(
+        self,
+        image_id: str,
+        request: Request,
+        size: Annotated[
+            int | None,
+            Query(ge=1, description="One of args.thumbnails.sizes (default 128, 256, 512)."),
+        ] = None,
+    ) -> Response:
+        thumbnails = self.thumbnails
+        side = thumbnails.size_for(size)
+        record = await self.service.get(image_id)
+        etag = thumbnails.etag(record.sha256, side)
+        headers = {
+            "ETag": etag,
+            # Content-addressed like the original: what an ETag names never changes.
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        thumb = await thumbnails.for_record(record, self.service.blobs, side)
+        return Response(thumb.data, media_type=thumb.content_type, headers=headers)
+
     @app.delete("/images/{image_id}", status_code=204, summary="Delete an image")
     async def delete_image(self, image_id: str) -> Response:
         await self.service.delete(image_id)
@@ -287,7 +399,11 @@ class ImageSearchApi:
 
     # -- search -----------------------------------------------------------------
 
-    @app.post("/search/text", response_model=SearchResponse, summary="Find images by words")
+    @app.post(
+        "/search/text",
+        response_model=SearchResponse,
+        summary="Find images by words: CLIP vectors, or hybrid with keywords in captions",
+    )
     @app.post("/images/search/text", response_model=SearchResponse, deprecated=True)
     async def search_text(self, body: TextSearch) -> SearchResponse:
         if len(body.query) > self.args.search.max_query_chars:
@@ -296,8 +412,9 @@ class ImageSearchApi:
                 "validation_error",
                 f"query longer than {self.args.search.max_query_chars} characters",
             )
-        outcome = await self.service.search_text(body.query, self._search_limit(body.limit))
-        return _results(outcome, "text")
+        options = self._search_options(body)
+        outcome = await self.service.search_text(body.query, options, body.mode, body.alpha)
+        return _results(outcome, "hybrid" if body.mode == "hybrid" else "text")
 
     @app.post(
         "/search/image",
@@ -313,17 +430,36 @@ class ImageSearchApi:
     )
     async def search_image(self, request: Request) -> SearchResponse:
         form = await self._form(request)
+        fields: dict[str, Any] = {}
+        for name in ImageSearchForm.model_fields:
+            value = form.get(name)
+            if name == "limit" and not value:
+                # The seed sent the limit in the query string.
+                value = request.query_params.get("limit")
+            if isinstance(value, UploadFile):
+                raise ApiError(422, "validation_error", f"{name}: must be a text field")
+            if value:
+                fields[name] = value
+        body = _validated(ImageSearchForm, fields)
+        options = self._search_options(body)
         image = await self._decode_upload(form)
-        raw_limit = form.get("limit") or request.query_params.get("limit")
-        limit = self._search_limit(_int_field("limit", raw_limit))
-        return _results(await self.service.search_image(image, limit), "image")
+        return _results(await self.service.search_image(image, options), "image")
 
     @app.post("/search/url", response_model=SearchResponse, summary="Find images like a URL's")
     @app.post("/image/search/url", response_model=SearchResponse, deprecated=True)
     async def search_url(self, body: UrlSearch) -> SearchResponse:
+        options = self._search_options(body)
         image = await self._fetch_image(body.url)
-        outcome = await self.service.search_image(image, self._search_limit(body.limit))
-        return _results(outcome, "url")
+        return _results(await self.service.search_image(image, options), "url")
+
+    @app.post(
+        "/search/similar",
+        response_model=SearchResponse,
+        summary="More like this: images similar to an indexed one (never itself)",
+    )
+    async def search_similar(self, body: SimilarSearch) -> SearchResponse:
+        options = self._search_options(body)
+        return _results(await self.service.search_similar(body.id, options), "similar")
 
     @app.post(
         "/embed-image/",
@@ -336,6 +472,20 @@ class ImageSearchApi:
         image = await self._decode_upload(await self._form(request))
         caption, vector = await self.service.describe(image)
         return EmbedImageResponse(description=caption, embedding_vector=vector.tolist())
+
+    # -- page -------------------------------------------------------------------
+
+    # Every link in the page is relative, so it works under any route prefix (a request
+    # for /prefix is redirected to /prefix/, against which those links resolve).
+    @app.get("/", response_class=Response, include_in_schema=False)
+    async def page(self, request: Request) -> Response:
+        return _page_asset("index.html", request)
+
+    @app.get("/static/{name}", response_class=Response, include_in_schema=False)
+    async def static_asset(self, name: str, request: Request) -> Response:
+        if name == "index.html":
+            raise ApiError(404, "not_found", f"no file {name!r}")
+        return _page_asset(name, request)
 
     # -- health -----------------------------------------------------------------
 
@@ -365,7 +515,8 @@ class ImageSearchApi:
             raise ApiError(
                 415, "unsupported_media_type", "send multipart/form-data with a `file` field"
             )
-        return await request.form(max_files=1, max_fields=self.args.intake.max_tags + 4)
+        # The tags, or the search options (limit, offset, min_score, dedup, filters).
+        return await request.form(max_files=1, max_fields=self.args.intake.max_tags + 8)
 
     async def _decode_upload(self, form: FormData) -> DecodedImage:
         upload = form.get("file")
@@ -405,6 +556,25 @@ class ImageSearchApi:
             return self.args.search.default_limit
         self._check_limit(limit, self.args.search.max_limit)
         return limit
+
+    def _search_options(self, body: SearchOptions | ImageSearchForm) -> ServiceSearchOptions:
+        limit = self._search_limit(body.limit)
+        max_depth = self.args.search.max_depth
+        if body.offset + limit > max_depth:
+            raise ApiError(422, "validation_error", f"offset + limit must be at most {max_depth}")
+        return ServiceSearchOptions(
+            limit=limit,
+            offset=body.offset,
+            filters=self._filter(body.filters),
+            min_score=body.min_score,
+            dedup=body.dedup,
+        )
+
+    def _filter(self, filters: SearchFilters | None) -> ImageFilter | None:
+        """The store filter, its tags normalised by the same rules as at ingest."""
+        if filters is None:
+            return None
+        return filters.to_filter(self._tags(filters.tags_any), self._tags(filters.tags_all))
 
     @staticmethod
     def _check_limit(limit: int, maximum: int) -> None:

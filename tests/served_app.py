@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from ray import serve
+from ray.serve.deployment import Deployment
 
 from deployments.captioner import Captioner
 from deployments.embedder import Embedder
@@ -26,14 +27,16 @@ def deploy_graph(
     ingress_env: dict[str, str] | None = None,
     captioner_options: dict[str, Any] | None = None,
     embedder_options: dict[str, Any] | None = None,
+    captioner: Deployment = Captioner,
 ) -> None:
     """serve.run the graph; `ingress_env` reaches the ingress replica as environment
-    variables, the way a Kubernetes Secret would."""
+    variables, the way a Kubernetes Secret would. `captioner` replaces BLIP with another
+    deployment of the same interface (a deterministic one for search tests)."""
     zero: dict[str, Any] = {"num_cpus": 0}
     ingress_actor = {**zero, "runtime_env": {"env_vars": ingress_env}} if ingress_env else zero
     app = compose(
         args,
-        Captioner.options(ray_actor_options=zero, **(captioner_options or {})),
+        captioner.options(ray_actor_options=zero, **(captioner_options or {})),
         Embedder.options(ray_actor_options=zero, **(embedder_options or {})),
         Ingress.options(ray_actor_options=ingress_actor),
     )

@@ -212,7 +212,12 @@ def test_lookup_compares_against_every_stored_digest(
         ("GET", "/images/abc/content", "read"),
         ("HEAD", "/images/abc/content", "read"),
         ("OPTIONS", "/images", "read"),
-        ("GET", "/", "read"),
+        # The search page and its two assets open without a key; the page sends one.
+        ("GET", "/", None),
+        ("GET", "/static/app.js", None),
+        ("GET", "/static/style.css", None),
+        ("GET", "/static/other.js", "read"),
+        ("GET", "/images/abc/thumbnail", "read"),
         ("GET", "/nowhere", "read"),
         ("POST", "/search/text", "read"),
         ("POST", "/search/image", "read"),

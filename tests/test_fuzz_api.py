@@ -104,10 +104,10 @@ def fuzz_base_url(
 @pytest.fixture(scope="module")
 def known_ids(fuzz_base_url: str) -> dict[str, str]:
     """An existing image per method, so that fuzzed operations on /images/{image_id}
-    also meet their 200 and 204 answers, not only 404s. DELETE gets its own."""
+    also meet their 200 and 204 answers, not only 404s. DELETE and PATCH get their own."""
     ids = {}
     with httpx.Client(base_url=fuzz_base_url, timeout=60) as client:
-        for seed, method in enumerate(("GET", "DELETE"), start=100):
+        for seed, method in enumerate(("GET", "DELETE", "PATCH"), start=100):
             added = client.post("/images", files={"file": ("k.png", _png(seed), "image/png")})
             assert added.status_code == 201, added.text
             ids[method] = added.json()["id"]

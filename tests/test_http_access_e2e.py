@@ -68,6 +68,16 @@ def test_keys_and_scopes(secured: httpx.Client) -> None:
     assert secured.get("/images", headers={"X-API-Key": READER}).json()["total"] == 0
 
 
+def test_the_page_opens_without_a_key_but_its_data_needs_one(secured: httpx.Client) -> None:
+    # A browser opening the page sends no key; the page then sends the one entered.
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        assert secured.get(path, follow_redirects=True).status_code == 200, path
+    thumbnail = secured.get("/images/00000000-0000-0000-0000-000000000000/thumbnail")
+    assert (thumbnail.status_code, _error(thumbnail)) == (401, "unauthorized")
+    listing = secured.get("/images", headers={"Authorization": f"Bearer {READER}"})
+    assert listing.status_code == 200
+
+
 def test_json_bodies_have_their_own_small_cap(secured: httpx.Client) -> None:
     huge = {"query": "dog", "padding": "x" * (128 * 1024)}
     response = secured.post("/search/text", json=huge, headers={"X-API-Key": WRITER})

@@ -4,9 +4,7 @@ tiny models: what a user does with curl, and what bad input gets back."""
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from PIL import Image
 from ray import serve
 
 from ingress.settings import AppArgs
+from tests.image_server import serving
 from tests.served_app import Deployed, blob_files, deploy_graph
 from tests.tiny_models import TINY_DIM
 
@@ -39,36 +38,15 @@ def _png(seed: int) -> bytes:
     return out.getvalue()
 
 
-class _Images(BaseHTTPRequestHandler):
-    files: dict[str, tuple[bytes, str]] = {}
-
-    def do_GET(self) -> None:
-        if self.path not in self.files:
-            self.send_error(404)
-            return
-        data, content_type = self.files[self.path]
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[str]:
-    _Images.files = {
+    files = {
         "/cat.jpg": (_jpeg(101), "image/jpeg"),
         "/dog.png": (_png(102), "image/png"),
         "/page.html": (b"<html><body>not an image</body></html>", "text/html"),
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(files) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +143,7 @@ def test_add_get_content_list_search_delete(
     assert content.content == uploads[0]
     assert content.headers["content-type"] == "image/jpeg"
     assert client.get(f"/images/{first['id']}").json() == {
-        k: v for k, v in first.items() if k != "duplicate"
+        k: v for k, v in first.items() if k not in ("duplicate", "near_duplicate_of")
     }
 
     seen: list[str] = []
@@ -236,7 +214,7 @@ def test_seed_compatible_calls(client: httpx.Client, image_server: str) -> None:
     assert hit.json()["results"][0]["image"]["id"] == image_id
     hit = client.post(
         "/images/search/image",
-        files={"file": ("c.jpg", _Images.files["/cat.jpg"][0], "image/jpeg")},
+        files={"file": ("c.jpg", _jpeg(101), "image/jpeg")},
     )
     assert hit.json()["results"][0]["image"]["id"] == image_id
     assert client.delete("/images/delete", params={"id": image_id}).status_code == 204
