@@ -1,0 +1,55 @@
+"""When to try a request again, and how long to wait first."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+# Answers that say "not now" rather than "never": overload, rate limits and a failing or
+# slow dependency behind the service. Every other 4xx (413, 415, 422, ...) is final.
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: attempt n waits up to base·2ⁿ, at most
+    `max_delay_s`. A server's Retry-After wins over the computed delay (it knows when
+    capacity returns), but is capped too, so one bad header cannot stall a run."""
+
+    retries: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    # Injectable for tests: uniform(0, 1).
+    jitter: Callable[[], float] = field(default=random.random, compare=False)
+
+    def retryable(self, status: int) -> bool:
+        return status in RETRYABLE_STATUSES
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number `attempt` (0 = the first retry)."""
+        if retry_after is not None:
+            return min(retry_after, self.max_delay_s)
+        ceiling = min(self.max_delay_s, self.base_delay_s * (2**attempt))
+        # Full jitter: many clients backing off from the same overload spread out.
+        return ceiling * self.jitter()
