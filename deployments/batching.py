@@ -3,9 +3,11 @@ batch settings changed through `user_config`, input validation and liveness."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -117,3 +119,25 @@ class Liveness:
 
     def needs_probe(self) -> bool:
         return time.monotonic() - self._last_ok > self._fresh_for_s
+
+
+class ModelThread:
+    """The one thread a replica runs its forward passes on.
+
+    torch's OpenMP thread team belongs to the thread that calls into torch, so a new
+    thread per call (asyncio.to_thread) builds teams again and leaves idle ones spinning
+    on the cores the next pass needs. One long-lived thread keeps one warm team, and
+    runs the passes of the replica's batch queues one at a time rather than fighting
+    over the same cores.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def call(self, fn: Callable[..., Out], *args: Any) -> Out:
+        """Run on the model thread and wait (for start-up warm-ups)."""
+        return self._executor.submit(fn, *args).result()
+
+    async def run(self, fn: Callable[..., Out], *args: Any) -> Out:
+        """Run on the model thread without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

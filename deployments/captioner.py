@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -14,6 +13,7 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from deployments.batching import (
     Liveness,
+    ModelThread,
     apply_batch_settings,
     current_batch_settings,
     replica_tag,
@@ -21,6 +21,7 @@ from deployments.batching import (
     unwrap,
     validate_image_array,
 )
+from deployments.fast_attention import use_sdpa_in_blip_vision
 from deployments.model_loading import load_pretrained
 from deployments.probe import probe_image
 from deployments.settings import BatchSettings, CaptionerSettings
@@ -46,10 +47,14 @@ class BlipCaptioner:
         self.model, self.processor, self.placement = load_pretrained(
             BlipForConditionalGeneration, BlipProcessor, self.settings.model
         )
+        # Same attention math, one fused kernel: the vision encoder is most of a caption.
+        use_sdpa_in_blip_vision(self.model)
         self.model_id = self.settings.model.model_id
         self._liveness = Liveness()
-        # Warm up now so that a broken model fails the replica at start, not a user request.
-        self._generate([probe_image()])
+        self._thread = ModelThread("captioner")
+        # Warm up now so that a broken model fails the replica at start, not a user
+        # request; on the model thread, so that its torch threads are ready too.
+        self._thread.call(self._generate, [probe_image()])
         self._liveness.mark_ok()
         logger.info("captioner ready: %s on %s", self.model_id, self.placement)
 
@@ -64,13 +69,13 @@ class BlipCaptioner:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def _caption_batch(self, images: list[np.ndarray]) -> list[str | Exception]:
-        # The forward pass runs in a thread so the replica keeps queueing the next batch.
-        outcomes = await asyncio.to_thread(run_isolated, self._generate, images)
+        # The forward pass runs off the event loop so the replica keeps queueing the next batch.
+        outcomes = await self._thread.run(run_isolated, self._generate, images)
         if any(not isinstance(o, Exception) for o in outcomes):
             self._liveness.mark_ok()
         return outcomes
 
-    def _generate(self, images: list[np.ndarray]) -> list[str]:
+    def _generate(self, images: list[np.ndarray], max_new_tokens: int | None = None) -> list[str]:
         text = [self.settings.prompt] * len(images) if self.settings.prompt else None
         inputs = self.processor(images=images, text=text, return_tensors="pt")
         inputs = inputs.to(self.placement.device)
@@ -78,7 +83,7 @@ class BlipCaptioner:
         with torch.inference_mode():
             tokens = self.model.generate(
                 **inputs,
-                max_new_tokens=self.settings.max_new_tokens,
+                max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
                 num_beams=self.settings.num_beams,
                 do_sample=False,
             )
@@ -87,7 +92,9 @@ class BlipCaptioner:
 
     async def check_health(self) -> None:
         if self._liveness.needs_probe():
-            await asyncio.to_thread(self._generate, [probe_image(32)])
+            # One token proves both towers work; a full caption would take the cores
+            # from the requests of an otherwise idle replica for a second.
+            await self._thread.run(self._generate, [probe_image(32)], 1)
             self._liveness.mark_ok()
 
     def info(self) -> CaptionerInfo:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -14,6 +13,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from deployments.batching import (
     Liveness,
+    ModelThread,
     apply_batch_settings,
     current_batch_settings,
     replica_tag,
@@ -53,7 +53,8 @@ class ClipEmbedder:
         self.dim = int(config.projection_dim)
         self._max_text_tokens = int(config.text_config.max_position_embeddings)
         self._liveness = Liveness()
-        self._probe()
+        self._thread = ModelThread("embedder")
+        self._thread.call(self._probe)
         logger.info("embedder ready: %s (dim %d) on %s", self.model_id, self.dim, self.placement)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -79,8 +80,8 @@ class ClipEmbedder:
         return await self._run(self._text_vectors, texts)
 
     async def _run(self, fn: Any, items: list[Any]) -> list[np.ndarray | Exception]:
-        # The forward pass runs in a thread so the replica keeps queueing the next batch.
-        outcomes: list[np.ndarray | Exception] = await asyncio.to_thread(run_isolated, fn, items)
+        # The forward pass runs off the event loop so the replica keeps queueing the next batch.
+        outcomes: list[np.ndarray | Exception] = await self._thread.run(run_isolated, fn, items)
         if any(not isinstance(o, Exception) for o in outcomes):
             self._liveness.mark_ok()
         return outcomes
@@ -112,7 +113,7 @@ class ClipEmbedder:
 
     async def check_health(self) -> None:
         if self._liveness.needs_probe():
-            await asyncio.to_thread(self._probe)
+            await self._thread.run(self._probe)
 
     def info(self) -> EmbedderInfo:
         return EmbedderInfo(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,10 @@ from ray.serve.handle import DeploymentHandle
 from deployments.embedder import EmbedderInfo
 from ingress.errors import ModelTimeout
 from ingress.metrics import service_metrics
+
+# Query texts whose vectors an ingress replica remembers (~2 KiB each at dim 512): the
+# next page of a search, a refreshed page and popular queries skip the embedder.
+TEXT_CACHE_ENTRIES = 1024
 
 
 class ServedModels:
@@ -31,6 +36,7 @@ class ServedModels:
         self.embedding_model = embedder_info.model_id
         self.embedding_dim = embedder_info.dim
         self._timeout_s = timeout_s
+        self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
     async def connect(
@@ -50,8 +56,17 @@ class ServedModels:
         return np.asarray(vector, dtype=np.float32)
 
     async def embed_text(self, text: str) -> np.ndarray:
-        vector = await self._call(self._embedder, "embed_text", text)
-        return np.asarray(vector, dtype=np.float32)
+        cached = self._text_vectors.get(text)
+        if cached is not None:
+            self._text_vectors.move_to_end(text)
+            return cached
+        vector = np.array(await self._call(self._embedder, "embed_text", text), dtype=np.float32)
+        # Shared between requests: nobody may change it in place.
+        vector.setflags(write=False)
+        self._text_vectors[text] = vector
+        if len(self._text_vectors) > TEXT_CACHE_ENTRIES:
+            self._text_vectors.popitem(last=False)
+        return vector
 
     async def _call(self, handle: DeploymentHandle, method: str, arg: Any) -> Any:
         response = getattr(handle, method).remote(arg)
