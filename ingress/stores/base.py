@@ -100,10 +100,13 @@ def checked_query(vector: np.ndarray, limit: int, dim: int) -> np.ndarray:
 _KEYWORD_TERM = re.compile(r"[^\W_]+")
 
 
-def keyword_terms(text: str) -> builtins.list[str]:
-    """The terms keyword_search looks for, lower-case, in order. A store answers a text
-    without any with no hits rather than asking its backend, whose answer to an empty
-    query differs between backends (nothing, everything, an error)."""
+def checked_keyword_query(text: str, limit: int) -> builtins.list[str]:
+    """The rule every store applies before a keyword search: a positive limit; returns
+    the terms to look for, lower-case, in order. A store answers a text without any
+    with no hits rather than asking its backend, whose answer to an empty query differs
+    between backends (nothing, everything, an error)."""
+    if limit <= 0:
+        raise ValueError("limit must be positive")
     return _KEYWORD_TERM.findall(text.lower())
 
 

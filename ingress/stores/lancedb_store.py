@@ -55,9 +55,9 @@ from ingress.stores.base import (
     EmbeddingMismatch,
     StoreError,
     StoreTimeout,
+    checked_keyword_query,
     checked_query,
     checked_vectors,
-    keyword_terms,
 )
 
 if TYPE_CHECKING:
@@ -606,9 +606,7 @@ class LanceDBVectorStore:
     async def keyword_search(
         self, text: str, limit: int, filters: ImageFilter | None = None
     ) -> builtins.list[SearchHit]:
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        terms = keyword_terms(text)
+        terms = checked_keyword_query(text, limit)
         if not terms:
             return []
         table = await self._get_table()

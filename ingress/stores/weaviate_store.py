@@ -85,9 +85,9 @@ from ingress.stores.base import (
     StoreError,
     StoreTimeout,
     StoreUnavailable,
+    checked_keyword_query,
     checked_query,
     checked_vectors,
-    keyword_terms,
 )
 
 T = TypeVar("T")
@@ -894,9 +894,7 @@ class WeaviateVectorStore:
     async def keyword_search(
         self, text: str, limit: int, filters: ImageFilter | None = None
     ) -> builtins.list[SearchHit]:
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        terms = keyword_terms(text)
+        terms = checked_keyword_query(text, limit)
         if not terms:
             return []
         collection = await self._get_collection()
