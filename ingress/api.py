@@ -8,7 +8,6 @@ and FastAPI must resolve the annotations there.
 """
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -84,6 +83,7 @@ def _multipart_upload(extra_fields: dict[str, Any], json_body: type[Any] | None 
     return {"requestBody": {"content": content}}
 
 
+_DATETIME_QUERY = "Exclusive; ISO 8601, e.g. 2024-06-01T00:00:00Z (no timezone: UTC)."
 _TAGS_FIELD = {"type": "string", "description": "Comma-separated; the field may repeat."}
 _MULTIPART_OR_JSON = _multipart_upload({"tags": _TAGS_FIELD}, json_body=AddByUrl)
 _MULTIPART_UPLOAD = _multipart_upload({})
@@ -283,8 +283,10 @@ class ImageSearchApi:
         content_types: Annotated[list[str] | None, Query(description="Repeatable.")] = None,
         min_width: Annotated[int | None, Query(ge=0, le=MAX_DIMENSION)] = None,
         min_height: Annotated[int | None, Query(ge=0, le=MAX_DIMENSION)] = None,
-        created_after: Annotated[datetime | None, Query(description="Exclusive.")] = None,
-        created_before: Annotated[datetime | None, Query(description="Exclusive.")] = None,
+        # Text here, read by SearchFilters, so that query and JSON filters accept the
+        # same datetimes (FastAPI's own parsing would take "0.0" as a Unix timestamp).
+        created_after: Annotated[str | None, Query(description=_DATETIME_QUERY)] = None,
+        created_before: Annotated[str | None, Query(description=_DATETIME_QUERY)] = None,
         source_domains: Annotated[list[str] | None, Query(description="Repeatable.")] = None,
     ) -> ImageList:
         """The same filters as the searches' `filters` object, as query parameters."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -21,6 +22,7 @@ from ingress.records import ImageFilter, ImageRecord
 # Bounds that hold whatever the settings say (per-deployment tag limits are applied on
 # top, see ImageSearchApi._tags): a filter is a handful of values, not a list to scan.
 _MAX_FILTER_VALUES = 200
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 MAX_DIMENSION = 2**31 - 1
 
 
@@ -106,6 +108,17 @@ class SearchFilters(_Body):
         if any(not v or len(v) > 255 for v in cleaned):
             raise ValueError("values must be 1 to 255 characters")
         return list(dict.fromkeys(cleaned))
+
+    @field_validator("created_after", "created_before", mode="before")
+    @classmethod
+    def _iso_8601_only(cls, value: object) -> object:
+        # pydantic would read a number (or a numeric string, as every query parameter
+        # is) as a Unix timestamp; the API documents ISO 8601 and nothing else.
+        if isinstance(value, bool | int | float) or (
+            isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+        ):
+            raise ValueError("expected an ISO 8601 datetime, e.g. 2024-06-01T00:00:00Z")
+        return value
 
     @field_validator("created_after", "created_before")
     @classmethod
