@@ -153,6 +153,24 @@ def say(message: str) -> None:
     print(f"[suite {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all processes on this machine have used since boot (not idle)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_busy_s() -> float:
+    """CPU seconds this run has used: this process, its children, and the Ray processes
+    it started (children that have exited count through os.times)."""
+    own = os.times()
+    ray_cpu = sum(p.cpu_s for p in ray_processes(os.getpid()))
+    return own.user + own.system + own.children_user + own.children_system + ray_cpu
+
+
 def load_average() -> float:
     try:
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -222,12 +240,18 @@ _BURST_S = 0.5
 
 
 async def closed_loop(
-    base_url: str, clients: int, warmup_s: float, window_s: float, request: Request, ok: set[int]
+    base_url: str,
+    clients: int,
+    warmup_s: float,
+    window_s: float,
+    request: Request,
+    ok: set[int],
+    drain: bool = True,
 ) -> Load:
     """`clients` loops, each sending its next request when the last is answered. Counts
-    answers that arrive within the window after the warm-up; the requests still in
-    flight at the end are awaited (so the next measurement starts on an idle server)
-    but not counted."""
+    answers that arrive within the window after the warm-up. The requests still in
+    flight at the end are not counted; with `drain` they are awaited, so that the next
+    measurement starts on an idle server, else abandoned (a server about to be stopped)."""
     load = Load(seconds=window_s)
     counter = itertools.count()
     started = time.perf_counter()
@@ -253,7 +277,14 @@ async def closed_loop(
                     load.latencies_ms.append((done - sent) * 1000)
                     load.finished.append(done)
 
-        await asyncio.gather(*(loop() for _ in range(clients)))
+        tasks = [asyncio.create_task(loop()) for _ in range(clients)]
+        if drain:
+            await asyncio.gather(*tasks)
+        else:
+            await asyncio.wait(tasks, timeout=max(0.0, window_end - time.perf_counter()))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return load
 
 
@@ -357,6 +388,7 @@ async def run_naive(
             mode.naive_window_s,
             upload("/embed-image/", images),
             {200},
+            drain=False,  # the server is stopped next
         )
         say(f"naive {dtype}: {load.rate:.2f}/s, {len(load.errors)} errors")
         return NaiveRun(dtype, load, peak_rss_mib(process.pid))
@@ -649,10 +681,23 @@ class Results:
     cpu: dict[str, CpuUse] = field(default_factory=dict)
     load_averages: list[tuple[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # (phase, wall clock, machine busy CPU s, this run's CPU s) at each phase start.
+    marks: list[tuple[str, float, float, float]] = field(default_factory=list)
 
     def mark(self, phase: str) -> None:
         self.load_averages.append((phase, load_average()))
+        self.marks.append((phase, time.monotonic(), machine_busy_s(), own_busy_s()))
         say(f"{phase} (load average {self.load_averages[-1][1]:.1f})")
+
+    def foreign_load(self) -> list[tuple[str, float]]:
+        """Per phase, the cores that processes outside this run kept busy on average:
+        0 on a quiet machine; the run shared the machine where it is not."""
+        out = []
+        for (phase, t0, busy0, own0), (_, t1, busy1, own1) in itertools.pairwise(self.marks):
+            if phase == "teardown":
+                continue  # Ray's processes exit unreaped: their CPU leaves the books
+            out.append((phase, max(0.0, (busy1 - busy0) - (own1 - own0)) / max(t1 - t0, 1e-9)))
+        return out
 
     def bound(self, path: str) -> Row:
         return max((r for r in self.rows if r.path == path), key=lambda r: r.items_per_s)
@@ -736,6 +781,9 @@ class Results:
             f"| serve config | `{self.config}` |",
             "| load average (1 min) at phase start | "
             + ", ".join(f"{phase} {value:.1f}" for phase, value in self.load_averages)
+            + " |",
+            "| cores kept busy by other processes during each phase | "
+            + ", ".join(f"{phase} {cores:.2f}" for phase, cores in self.foreign_load())
             + " |",
             "",
             "## Targets",
@@ -938,6 +986,7 @@ async def served_part(
             )
         results.memory = replica_memory(os.getpid())
     finally:
+        results.mark("teardown")
         await asyncio.to_thread(undeploy)
 
 
