@@ -19,6 +19,29 @@ from ingress.app import compose
 from ingress.settings import AppArgs
 
 
+def tiny_graph_args(
+    blip_dir: Path,
+    clip_dir: Path,
+    storage: dict[str, Any],
+    *,
+    max_new_tokens: int = 4,
+    **sections: Any,
+) -> AppArgs:
+    """The builder's args for the graph on the tiny test models; `sections` are further
+    top-level settings (intake, auth, ...). Short captions keep generation cheap."""
+    return AppArgs.model_validate(
+        {
+            "storage": storage,
+            "captioner": {
+                "model": {"model_id": str(blip_dir)},
+                "max_new_tokens": max_new_tokens,
+            },
+            "embedder": {"model": {"model_id": str(clip_dir)}},
+            **sections,
+        }
+    )
+
+
 def deploy_graph(
     args: AppArgs,
     name: str,

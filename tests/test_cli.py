@@ -26,10 +26,9 @@ from ray import serve
 from imagesearch_cli import client as cli_client
 from imagesearch_cli import journal as cli_journal
 from imagesearch_cli.main import main
-from ingress.settings import AppArgs
 from tests.conftest import free_port
 from tests.image_server import serving
-from tests.served_app import deploy_graph
+from tests.served_app import deploy_graph, tiny_graph_args
 from tests.stores.s3_backend import moto_s3_endpoint, unique_bucket
 
 __all__ = ["moto_s3_endpoint"]  # the fixture, imported for this module's tests
@@ -62,16 +61,14 @@ def service(
     tiny_clip_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    args = AppArgs.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path_factory.mktemp("cli-data"))},
-            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 4},
-            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
-            "intake": {"max_upload_bytes": 1024 * 1024},
-            "auth": {"enabled": True, "keys_env": "TEST_CLI_KEYS"},
-            # The test's image server is on loopback.
-            "url_fetch": {"allow_private_addresses": True},
-        }
+    args = tiny_graph_args(
+        tiny_blip_dir,
+        tiny_clip_dir,
+        {"data_dir": str(tmp_path_factory.mktemp("cli-data"))},
+        intake={"max_upload_bytes": 1024 * 1024},
+        auth={"enabled": True, "keys_env": "TEST_CLI_KEYS"},
+        # The test's image server is on loopback.
+        url_fetch={"allow_private_addresses": True},
     )
     deploy_graph(args, "cli", "/cli", ingress_env={"TEST_CLI_KEYS": KEYS})
     yield f"{ray_session}/cli"

@@ -43,8 +43,7 @@ from schemathesis.specs.openapi.checks import (
 from yarl import URL
 
 from ingress.api import app as api_app
-from ingress.settings import AppArgs
-from tests.served_app import deploy_graph
+from tests.served_app import deploy_graph, tiny_graph_args
 
 APP = "fuzz"
 MAX_EXAMPLES = 25
@@ -86,13 +85,11 @@ def fuzz_base_url(
     tiny_clip_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    args = AppArgs.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path_factory.mktemp("fuzz-data"))},
-            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 4},
-            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
-            "intake": {"max_upload_bytes": 256 * 1024},
-        }
+    args = tiny_graph_args(
+        tiny_blip_dir,
+        tiny_clip_dir,
+        {"data_dir": str(tmp_path_factory.mktemp("fuzz-data"))},
+        intake={"max_upload_bytes": 256 * 1024},
     )
     deploy_graph(args, APP, f"/{APP}")
     base_url = f"{ray_session}/{APP}"

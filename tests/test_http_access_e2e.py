@@ -10,8 +10,7 @@ import httpx
 import pytest
 from ray import serve
 
-from ingress.settings import AppArgs
-from tests.served_app import deploy_graph
+from tests.served_app import deploy_graph, tiny_graph_args
 
 WRITER = "w" * 8 + "-writer-key-0123456789"
 READER = "r" * 8 + "-reader-key-0123456789"
@@ -26,15 +25,13 @@ def secured(
     tiny_clip_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[httpx.Client]:
-    args = AppArgs.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path_factory.mktemp("secured"))},
-            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 4},
-            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
-            "auth": {"enabled": True, "keys_env": "TEST_IMAGESEARCH_KEYS"},
-            # Slow refill: the burst is all a client gets during the test.
-            "rate_limit": {"enabled": True, "requests_per_s": 0.01, "burst": BURST},
-        }
+    args = tiny_graph_args(
+        tiny_blip_dir,
+        tiny_clip_dir,
+        {"data_dir": str(tmp_path_factory.mktemp("secured"))},
+        auth={"enabled": True, "keys_env": "TEST_IMAGESEARCH_KEYS"},
+        # Slow refill: the burst is all a client gets during the test.
+        rate_limit={"enabled": True, "requests_per_s": 0.01, "burst": BURST},
     )
     deploy_graph(args, "secured", "/secured", ingress_env={"TEST_IMAGESEARCH_KEYS": KEYS})
     with httpx.Client(base_url=f"{ray_session}/secured", timeout=60) as client:

@@ -14,9 +14,8 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from ingress.settings import AppArgs
 from tests.image_server import serving
-from tests.served_app import Deployed, blob_files, deploy_graph
+from tests.served_app import Deployed, blob_files, deploy_graph, tiny_graph_args
 from tests.tiny_models import TINY_DIM
 
 MAX_UPLOAD = 1024 * 1024
@@ -57,15 +56,14 @@ def service(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[httpx.Client, Path]]:
     data_dir = tmp_path_factory.mktemp("data")
-    args = AppArgs.model_validate(
-        {
-            "storage": {"data_dir": str(data_dir)},
-            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 6},
-            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
-            "intake": {"max_upload_bytes": MAX_UPLOAD, "max_pixels": 4_000_000},
-            # The test's image server is on loopback.
-            "url_fetch": {"allow_private_addresses": True},
-        }
+    args = tiny_graph_args(
+        tiny_blip_dir,
+        tiny_clip_dir,
+        {"data_dir": str(data_dir)},
+        max_new_tokens=6,
+        intake={"max_upload_bytes": MAX_UPLOAD, "max_pixels": 4_000_000},
+        # The test's image server is on loopback.
+        url_fetch={"allow_private_addresses": True},
     )
     deploy_graph(args, "imagesearch", "/")
     with httpx.Client(base_url=ray_session, timeout=60) as client:

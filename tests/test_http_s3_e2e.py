@@ -16,8 +16,7 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from ingress.settings import AppArgs
-from tests.served_app import deploy_graph
+from tests.served_app import deploy_graph, tiny_graph_args
 from tests.stores.s3_backend import DUMMY_AWS_ENV, moto_s3_endpoint, unique_bucket
 
 __all__ = ["moto_s3_endpoint"]  # the fixture, imported for this module's tests
@@ -42,22 +41,20 @@ def s3_service(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[httpx.Client, Any, str]]:
     bucket = unique_bucket("e2e")
-    args = AppArgs.model_validate(
+    args = tiny_graph_args(
+        tiny_blip_dir,
+        tiny_clip_dir,
         {
-            "storage": {
-                "data_dir": str(tmp_path_factory.mktemp("s3-e2e")),
-                "blobs": {
-                    "kind": "s3",
-                    "bucket": bucket,
-                    "prefix": PREFIX,
-                    "endpoint_url": moto_s3_endpoint,
-                    "create_bucket": True,
-                    "presigned_redirect": request.param,
-                },
+            "data_dir": str(tmp_path_factory.mktemp("s3-e2e")),
+            "blobs": {
+                "kind": "s3",
+                "bucket": bucket,
+                "prefix": PREFIX,
+                "endpoint_url": moto_s3_endpoint,
+                "create_bucket": True,
+                "presigned_redirect": request.param,
             },
-            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 4},
-            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
-        }
+        },
     )
     deploy_graph(args, "imagesearch-s3", "/s3", ingress_env=DUMMY_AWS_ENV)
     raw_s3 = boto3.client("s3", endpoint_url=moto_s3_endpoint, region_name="us-east-1")

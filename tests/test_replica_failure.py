@@ -25,8 +25,7 @@ import ray
 from PIL import Image
 from ray import serve
 
-from ingress.settings import AppArgs
-from tests.served_app import Deployed, deploy_graph
+from tests.served_app import Deployed, deploy_graph, tiny_graph_args
 
 APP = "replica-failure"
 # The longest wait BatchSettings allows; the kill comes long before it runs out.
@@ -45,13 +44,11 @@ def deployed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployed]:
     data_dir = tmp_path_factory.mktemp("replica-failure")
-    args = AppArgs.model_validate(
-        {
-            "storage": {"data_dir": str(data_dir)},
-            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 4},
-            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
-            "model_timeout_s": 60,
-        }
+    args = tiny_graph_args(
+        tiny_blip_dir,
+        tiny_clip_dir,
+        {"data_dir": str(data_dir)},
+        model_timeout_s=60,
     )
     deploy_graph(
         args,

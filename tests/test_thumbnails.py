@@ -32,7 +32,7 @@ from ingress.thumbnails import (
     etag_matches,
     make_thumbnail,
 )
-from tests.served_app import Deployed, deploy_graph
+from tests.served_app import Deployed, deploy_graph, tiny_graph_args
 
 LIMITS = ImageLimits()
 
@@ -314,13 +314,11 @@ def deployed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployed]:
     data_dir = tmp_path_factory.mktemp("thumb-data")
-    args = AppArgs.model_validate(
-        {
-            "storage": {"data_dir": str(data_dir)},
-            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 4},
-            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
-            "thumbnails": {"sizes": [64, 256], "default_size": 256},
-        }
+    args = tiny_graph_args(
+        tiny_blip_dir,
+        tiny_clip_dir,
+        {"data_dir": str(data_dir)},
+        thumbnails={"sizes": [64, 256], "default_size": 256},
     )
     # Under a route prefix, as the page may be served.
     deploy_graph(args, "thumbs", "/thumbs")

@@ -19,9 +19,8 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from ingress.settings import AppArgs
 from ingress.web import PAGE_HEADERS, asset_names, load_asset
-from tests.served_app import Deployed, deploy_graph
+from tests.served_app import Deployed, deploy_graph, tiny_graph_args
 
 PREFIX = "/app"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -67,12 +66,11 @@ def deployed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployed]:
     data_dir = tmp_path_factory.mktemp("page-data")
-    args = AppArgs.model_validate(
-        {
-            "storage": {"data_dir": str(data_dir)},
-            "captioner": {"model": {"model_id": str(tiny_blip_dir)}, "max_new_tokens": 6},
-            "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
-        }
+    args = tiny_graph_args(
+        tiny_blip_dir,
+        tiny_clip_dir,
+        {"data_dir": str(data_dir)},
+        max_new_tokens=6,
     )
     # Under a route prefix: every link and request in the page must be relative.
     deploy_graph(args, "webpage", PREFIX)
