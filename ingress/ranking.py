@@ -83,18 +83,8 @@ def fuse(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError("alpha must be between 0 and 1")
-    vector_norm = dict(
-        zip(
-            (h.record.id for h in vector_hits), min_max([h.score for h in vector_hits]), strict=True
-        )
-    )
-    keyword_norm = dict(
-        zip(
-            (h.record.id for h in keyword_hits),
-            min_max([h.score for h in keyword_hits]),
-            strict=True,
-        )
-    )
+    vector_norm = _normalised_by_id(vector_hits)
+    keyword_norm = _normalised_by_id(keyword_hits)
     query = np.asarray(query_vector, dtype=np.float32)
 
     by_id: dict[str, SearchHit] = {}
@@ -127,6 +117,10 @@ def fuse(
         fused.append((score, position.get(image_id, len(position)), ranked))
     fused.sort(key=lambda item: (-item[0], item[1], item[2].id))
     return [ranked for _, _, ranked in fused]
+
+
+def _normalised_by_id(hits: Sequence[SearchHit]) -> dict[str, float]:
+    return dict(zip((h.record.id for h in hits), min_max([h.score for h in hits]), strict=True))
 
 
 def above(hits: Sequence[RankedHit], min_score: float | None) -> list[RankedHit]:

@@ -193,7 +193,6 @@ class ImageService:
     async def list(
         self, limit: int, cursor: str | None, filters: ImageFilter | None = None
     ) -> tuple[Page, int]:
-        filters = _or_none(filters)
         try:
             page = await self.vectors.list(limit, cursor, filters)
         except ValueError as exc:
@@ -244,11 +243,10 @@ class ImageService:
         vector = await self.vectors.get_vector(image_id)
         if vector is None:
             raise not_found(image_id)
-        filters = _or_none(options.filters)
 
         async def fetch(n: int) -> list[RankedHit]:
             # One more: the image itself is usually the first hit.
-            hits = await self.vectors.search(vector, n + 1, filters)
+            hits = await self.vectors.search(vector, n + 1, options.filters)
             return ranking.from_vector_hits([h for h in hits if h.record.id != image_id][:n])
 
         return await self._rank(fetch, options, started, grows=True)
@@ -256,10 +254,9 @@ class ImageService:
     async def _vector_search(
         self, vector: np.ndarray, options: SearchOptions, started: float
     ) -> SearchOutcome:
-        filters = _or_none(options.filters)
 
         async def fetch(n: int) -> list[RankedHit]:
-            return ranking.from_vector_hits(await self.vectors.search(vector, n, filters))
+            return ranking.from_vector_hits(await self.vectors.search(vector, n, options.filters))
 
         return await self._rank(fetch, options, started, grows=True)
 
@@ -271,7 +268,6 @@ class ImageService:
         alpha: float,
         started: float,
     ) -> SearchOutcome:
-        filters = _or_none(options.filters)
 
         async def none() -> list[SearchHit]:
             return []
@@ -279,8 +275,8 @@ class ImageService:
         async def fetch(n: int) -> list[RankedHit]:
             # A part with no weight cannot change the order: it is not asked at all.
             vector_hits, keyword_hits = await asyncio.gather(
-                self.vectors.search(vector, n, filters) if alpha > 0 else none(),
-                self.vectors.keyword_search(query, n, filters) if alpha < 1 else none(),
+                self.vectors.search(vector, n, options.filters) if alpha > 0 else none(),
+                self.vectors.keyword_search(query, n, options.filters) if alpha < 1 else none(),
             )
             return ranking.fuse(vector_hits, keyword_hits, alpha, vector)
 
@@ -337,8 +333,3 @@ class ImageService:
             self.models.caption(image.pixels), self.models.embed_image(image.pixels)
         )
         return caption, vector
-
-
-def _or_none(filters: ImageFilter | None) -> ImageFilter | None:
-    # Stores take None as "no filter"; an empty one is the same thing.
-    return None if filters is None or filters.is_empty() else filters
