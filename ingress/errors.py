@@ -27,6 +27,7 @@ from deployments.batching import InvalidModelInput
 from ingress.intake_errors import IntakeError
 from ingress.metrics import service_metrics
 from ingress.stores.base import (
+    BlobNotFound,
     EmbeddingMismatch,
     StoreError,
     StoreTimeout,
@@ -96,6 +97,10 @@ def to_api_error(exc: BaseException) -> ApiError:
         return ApiError(504, "store_timeout", "a store did not answer in time")
     if isinstance(exc, StoreError):
         return ApiError(502, "store_error", "a store failed to complete the request")
+    if isinstance(exc, BlobNotFound):
+        # Only ever raised for a key a record names: the record outlived its bytes, so
+        # the stores are inconsistent, not the client's request.
+        return ApiError(502, "store_error", "the stored bytes of this image are missing")
     if isinstance(exc, RayTaskError):
         return ApiError(502, "model_error", "a model deployment failed on this request")
     if isinstance(exc, RequestCancelledError | asyncio.CancelledError):

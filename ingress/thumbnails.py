@@ -19,7 +19,7 @@ from PIL import Image
 from ingress.errors import ApiError
 from ingress.imaging import ImageLimits, decode_image
 from ingress.records import ImageRecord
-from ingress.stores.base import BlobNotFound, BlobStore, StoreError
+from ingress.stores.base import BlobStore
 
 ThumbnailFormat = Literal["webp", "jpeg"]
 
@@ -146,9 +146,8 @@ class Thumbnailer:
         self.quality = quality
         self.content_type = CONTENT_TYPES[fmt]
         self.cache = ThumbnailCache(cache_bytes)
-        self.max_concurrent = max_concurrent
-        # Created on first use, inside the event loop that serves requests.
-        self._slots: asyncio.Semaphore | None = None
+        # Bound to a loop only when a caller first waits on it (Python >= 3.10).
+        self._slots = asyncio.Semaphore(max_concurrent)
         self._rendering: dict[tuple[str, int], asyncio.Task[Thumbnail]] = {}
 
     def size_for(self, requested: int | None) -> int:
@@ -186,14 +185,8 @@ class Thumbnailer:
             task.exception()
 
     async def _render(self, record: ImageRecord, blobs: BlobStore, size: int) -> Thumbnail:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_concurrent)
         async with self._slots:
-            try:
-                blob = await blobs.get(record.blob_key)
-            except BlobNotFound:
-                # The record outlived its bytes: the store is inconsistent, not the client.
-                raise StoreError(f"the bytes of image {record.id} are missing") from None
+            blob = await blobs.get(record.blob_key)
             data = await asyncio.to_thread(
                 make_thumbnail, blob.data, size, self.limits, self.format, self.quality
             )

@@ -10,7 +10,13 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from deployments.batching import InvalidModelInput
 from ingress.errors import ModelTimeout, to_api_error
 from ingress.intake_errors import FetchTimeout, ForbiddenAddress, UnsupportedMediaType
-from ingress.stores.base import EmbeddingMismatch, StoreError, StoreTimeout, StoreUnavailable
+from ingress.stores.base import (
+    BlobNotFound,
+    EmbeddingMismatch,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +34,7 @@ from ingress.stores.base import EmbeddingMismatch, StoreError, StoreTimeout, Sto
         (StoreUnavailable("down"), 503, "store_unavailable"),
         (StoreTimeout("slow"), 504, "store_timeout"),
         (StoreError("boom"), 502, "store_error"),
+        (BlobNotFound("blobs/ab/cd"), 502, "store_error"),
         (EmbeddingMismatch("other model"), 409, "embedding_mismatch"),
         (UnsupportedMediaType("svg"), 415, "unsupported_media_type"),
         (ForbiddenAddress("10.0.0.1"), 400, "forbidden_address"),

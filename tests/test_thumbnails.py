@@ -18,12 +18,12 @@ from PIL import Image
 from pydantic import ValidationError
 from ray import serve
 
-from ingress.errors import ApiError
+from ingress.errors import ApiError, to_api_error
 from ingress.imaging import ImageLimits
 from ingress.intake_errors import ImageTooLarge
 from ingress.records import ImageRecord, blob_key_for, image_id_for
 from ingress.settings import AppArgs, ThumbnailArgs
-from ingress.stores.base import Blob, StoreError
+from ingress.stores.base import Blob, BlobNotFound
 from ingress.stores.local_blobs import LocalBlobStore
 from ingress.thumbnails import (
     Thumbnail,
@@ -235,7 +235,7 @@ async def test_renders_once_then_serves_from_the_cache(tmp_path: Path) -> None:
     assert await t.for_record(record, blobs, 128) == first
     assert blobs.reads == 1
     # Another size is another entry, and needs the bytes.
-    with pytest.raises(StoreError):
+    with pytest.raises(BlobNotFound):
         await t.for_record(record, blobs, 256)
 
 
@@ -281,8 +281,11 @@ async def test_missing_bytes_are_a_store_error(tmp_path: Path) -> None:
     blobs = CountingBlobs(tmp_path)
     record = await stored(blobs, encode(gradient(50, 50), "PNG"))
     await blobs.delete(record.blob_key)
-    with pytest.raises(StoreError, match="missing"):
+    with pytest.raises(BlobNotFound) as raised:
         await thumbnailer().for_record(record, blobs, 128)
+    # What the client gets: the record outlived its bytes, a store's fault.
+    error = to_api_error(raised.value)
+    assert (error.status, error.code) == (502, "store_error")
 
 
 def test_thumbnail_settings_are_checked_at_load() -> None:
