@@ -43,11 +43,17 @@ def asset_names() -> list[str]:
     return sorted(_MEDIA_TYPES)
 
 
-@cache
 def load_asset(name: str) -> Asset | None:
     """One of the page's files, or None for any other name."""
-    media_type = _MEDIA_TYPES.get(name)
-    if media_type is None:
-        return None
-    data = resources.files(__name__).joinpath(name).read_bytes()
-    return Asset(data, media_type, f'"{hashlib.sha256(data).hexdigest()[:32]}"')
+    return _assets().get(name)
+
+
+@cache
+def _assets() -> dict[str, Asset]:
+    # All of them at once, the first time one is asked for: a few KiB, and names from
+    # URLs then never reach the cache or the disk.
+    assets = {}
+    for name, media_type in _MEDIA_TYPES.items():
+        data = resources.files(__name__).joinpath(name).read_bytes()
+        assets[name] = Asset(data, media_type, f'"{hashlib.sha256(data).hexdigest()[:32]}"')
+    return assets

@@ -215,18 +215,13 @@
 
   // -- searches ------------------------------------------------------------------------
 
-  // The search on screen, so that "Load more" can ask for its next page.
-  let current = null;
-
   async function runSearch(search, offset = 0) {
     clearError();
     say(offset ? "Loading more…" : `Searching ${search.label}…`);
     el.more.hidden = true;
     try {
       const data = await search.run(offset);
-      current = search;
-      let results = data.results || [];
-      if (search.exclude) results = results.filter((r) => r.image.id !== search.exclude);
+      const results = data.results || [];
       renderResults(results, { append: Boolean(offset), searchLabel: search.label, tookMs: data.took_ms });
       const next = data.next_offset;
       if (next !== undefined && next !== null) {
@@ -276,21 +271,9 @@
     const name = record.caption ? `“${record.caption}”` : record.id;
     return {
       label: `like ${name}`,
-      exclude: record.id,
-      run: async (offset) => {
-        const body = { id: record.id, ...commonOptions(offset) };
-        try {
-          return await api("search/similar", { method: "POST", json: body });
-        } catch (err) {
-          if (err.status !== 404 && err.status !== 405) throw err;
-          // A service without /search/similar: search with the stored image instead.
-          const response = await fetch(contentUrl(record.id), { headers: authHeaders() });
-          if (!response.ok) throw err;
-          const form = asForm(commonOptions(offset));
-          form.append("file", await response.blob(), "image");
-          return api("search/image", { method: "POST", form });
-        }
-      },
+      // The service leaves the image itself out of the results.
+      run: (offset) =>
+        api("search/similar", { method: "POST", json: { id: record.id, ...commonOptions(offset) } }),
     };
   }
 
@@ -309,7 +292,6 @@
         return {
           results: data.images.map((image) => ({ image, score: null })),
           next_offset: data.next_cursor,
-          total: data.total,
         };
       },
     };
@@ -362,7 +344,6 @@
       parts.push(`+${result.near_duplicates.length} near-duplicate${result.near_duplicates.length > 1 ? "s" : ""}`);
     }
     meta.textContent = parts.join(" · ");
-    if (typeof result.score === "number") li.dataset.score = String(result.score);
 
     const tags = document.createElement("p");
     tags.className = "tags";
