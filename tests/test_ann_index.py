@@ -16,7 +16,8 @@ import pytest
 from ingress.records import ImageRecord, IndexedImage
 from ingress.settings import IndexUpkeepArgs, StorageArgs
 from ingress.stores.factory import open_stores
-from ingress.stores.lancedb_index import IndexUpkeep, TryLock, upkeep_of
+from ingress.stores.file_lock import FileLock
+from ingress.stores.lancedb_index import IndexUpkeep, index_lock_path, upkeep_of
 from ingress.stores.lancedb_store import LanceDBVectorStore
 
 DIM = 32
@@ -161,8 +162,8 @@ async def test_only_one_process_works_at_a_time(store: LanceDBVectorStore) -> No
     rng = np.random.default_rng(6)
     await _fill(store, _clustered(rng, 300))
     # What another replica holds while it builds.
-    other = TryLock(store.path / f".{store.table_name}.index.lock")
-    assert await asyncio.to_thread(other.try_acquire)
+    other = FileLock(index_lock_path(store))
+    assert await asyncio.to_thread(other.acquire, False)
     try:
         assert await IndexUpkeep(store, _args()).run_once() == "busy"
         assert not (await store.index_lag()).vector_index

@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ingress.settings import IndexUpkeepArgs
+from ingress.stores.file_lock import FileLock
 
 if TYPE_CHECKING:
     from ingress.stores.lancedb_store import LanceDBVectorStore
@@ -49,42 +49,14 @@ class IndexLag:
 
     rows: int
     vector_index: bool
-    vector_index_segments: int
     # The most rows that some index (vector or caption) does not cover yet.
     unindexed_rows: int
     small_fragments: int
 
 
-class TryLock:
-    """Cross-process exclusive lock on a file that never waits: taken or not."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._file: IO[bytes] | None = None
-
-    def try_acquire(self) -> bool:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self._path, "ab")  # noqa: SIM115 - held until release()
-        if sys.platform != "win32":
-            import fcntl
-
-            try:
-                # The OS drops the lock if the process dies.
-                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                file.close()
-                return False
-            except BaseException:
-                file.close()
-                raise
-        self._file = file
-        return True
-
-    def release(self) -> None:
-        if self._file is not None:
-            # Closing the file drops the flock.
-            self._file.close()
-            self._file = None
+def index_lock_path(store: LanceDBVectorStore) -> Path:
+    """The file whose lock lets one process at a time work on a table's indices."""
+    return store.path / f".{store.table_name}.index.lock"
 
 
 class IndexUpkeep:
@@ -93,13 +65,13 @@ class IndexUpkeep:
     def __init__(self, store: LanceDBVectorStore, args: IndexUpkeepArgs) -> None:
         self.store = store
         self.args = args
-        self._lock = TryLock(store.path / f".{store.table_name}.index.lock")
+        self._lock = FileLock(index_lock_path(store))
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> Outcome:
         """One round: build, optimize or nothing; "busy" when another process holds the
         upkeep lock. Store failures propagate (the background loop logs them)."""
-        if not await asyncio.to_thread(self._lock.try_acquire):
+        if not await asyncio.to_thread(self._lock.acquire, False):
             return "busy"
         try:
             return await self._round()

@@ -29,12 +29,11 @@ import base64
 import binascii
 import builtins
 import random
-import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import lancedb
 import numpy as np
@@ -59,6 +58,7 @@ from ingress.stores.base import (
     checked_query,
     checked_vectors,
 )
+from ingress.stores.file_lock import FileLock
 
 if TYPE_CHECKING:
     from ingress.stores.lancedb_index import IndexLag
@@ -239,35 +239,6 @@ def _store_errors(op: str) -> Iterator[None]:
         raise StoreError(f"lancedb {op} failed: {e}") from e
 
 
-class _CreateLock:
-    """Exclusive cross-process lock on a file (see the module docstring for why)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._file: IO[bytes] | None = None
-
-    def acquire(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self._path, "ab")  # noqa: SIM115 - held until release()
-        if sys.platform != "win32":
-            import fcntl
-
-            # Blocks; callers run this in a thread. The OS drops it if the process dies.
-            # (No fcntl on Windows: there creation relies on catching "already exists".)
-            try:
-                fcntl.flock(file.fileno(), fcntl.LOCK_EX)
-            except BaseException:
-                file.close()
-                raise
-        self._file = file
-
-    def release(self) -> None:
-        if self._file is not None:
-            # Closing the file drops the flock.
-            self._file.close()
-            self._file = None
-
-
 class LanceDBVectorStore:
     """Image records with their vectors in one LanceDB table."""
 
@@ -303,7 +274,7 @@ class LanceDBVectorStore:
         """The table, created if missing, checked, and brought up to this version's
         schema and indices; all under the create lock, so that one process at a time
         creates or upgrades it."""
-        lock = _CreateLock(self.path / f".{self.table_name}.create.lock")
+        lock = FileLock(self.path / f".{self.table_name}.create.lock")
         await asyncio.to_thread(lock.acquire)
         try:
             table = await self._create_or_open(db)
@@ -693,7 +664,6 @@ class LanceDBVectorStore:
         return Lag(
             rows=int(rows),
             vector_index=vector is not None,
-            vector_index_segments=int(getattr(vector, "num_segments", 0) or 0),
             unindexed_rows=max((int(i.num_unindexed_rows or 0) for i in indices), default=0),
             small_fragments=int(fragments["num_small_fragments"]),
         )
