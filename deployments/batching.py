@@ -124,9 +124,9 @@ class Liveness:
 class ModelThread:
     """The one thread a replica runs its forward passes on.
 
-    torch's OpenMP thread team belongs to the thread that calls into torch, so a new
-    thread per call (asyncio.to_thread) builds teams again and leaves idle ones spinning
-    on the cores the next pass needs. One long-lived thread keeps one warm team, and
+    torch's OpenMP thread team belongs to the thread that calls into torch, so passes
+    spread over the default executor's threads (asyncio.to_thread) build a team in each
+    of them and leave the idle ones spinning on the cores the next pass needs. One long-lived thread keeps one warm team, and
     runs the passes of the replica's batch queues one at a time rather than fighting
     over the same cores.
     """
