@@ -4,6 +4,8 @@ builder uses."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,23 @@ class Deployed:
     def state(self) -> tuple[int, list[Path]]:
         """What is stored: the record count and the blob files."""
         return self.client.get("/images").json()["total"], blob_files(self.data_dir)
+
+
+@contextmanager
+def served(
+    ray_url: str,
+    args: AppArgs,
+    name: str,
+    route_prefix: str,
+    *,
+    client_timeout_s: float = 60,
+    **deploy: Any,
+) -> Iterator[Deployed]:
+    """The graph deployed as `name` under `route_prefix` (`deploy` as for
+    deploy_graph), a client for it, and the app deleted afterwards."""
+    deploy_graph(args, name, route_prefix, **deploy)
+    try:
+        with httpx.Client(base_url=f"{ray_url}{route_prefix}", timeout=client_timeout_s) as client:
+            yield Deployed(client, args.storage.data_dir)
+    finally:
+        serve.delete(name)

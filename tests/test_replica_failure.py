@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 import ray
 from PIL import Image
-from ray import serve
 
-from tests.served_app import Deployed, deploy_graph, tiny_graph_args
+from tests.served_app import Deployed, served, tiny_graph_args
 
 APP = "replica-failure"
 # The longest wait BatchSettings allows; the kill comes long before it runs out.
@@ -50,20 +49,20 @@ def deployed(
         {"data_dir": str(data_dir)},
         model_timeout_s=60,
     )
-    deploy_graph(
+    with served(
+        ray_session,
         args,
         APP,
         f"/{APP}",
+        client_timeout_s=120,
         captioner_options={"user_config": SLOW_BATCH, "health_check_period_s": 1},
         # Text queries wait in the queue; image embeddings (part of every ingest) do not.
         embedder_options={
             "user_config": {"image": FAST_BATCH, "text": SLOW_BATCH},
             "health_check_period_s": 1,
         },
-    )
-    with httpx.Client(base_url=f"{ray_session}/{APP}", timeout=120) as client:
-        yield Deployed(client, data_dir)
-    serve.delete(APP)
+    ) as deployed:
+        yield deployed
 
 
 def _png(seed: int) -> bytes:

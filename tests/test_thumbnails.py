@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
-from ray import serve
 
 from ingress.errors import ApiError, to_api_error
 from ingress.imaging import ImageLimits
@@ -32,7 +31,7 @@ from ingress.thumbnails import (
     etag_matches,
     make_thumbnail,
 )
-from tests.served_app import Deployed, deploy_graph, tiny_graph_args
+from tests.served_app import Deployed, served, tiny_graph_args
 
 LIMITS = ImageLimits()
 
@@ -324,10 +323,8 @@ def deployed(
         thumbnails={"sizes": [64, 256], "default_size": 256},
     )
     # Under a route prefix, as the page may be served.
-    deploy_graph(args, "thumbs", "/thumbs")
-    with httpx.Client(base_url=f"{ray_session}/thumbs", timeout=60) as client:
-        yield Deployed(client, data_dir)
-    serve.delete("thumbs")
+    with served(ray_session, args, "thumbs", "/thumbs") as deployed:
+        yield deployed
 
 
 def add(client: httpx.Client, data: bytes) -> dict[str, Any]:

@@ -17,10 +17,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from ray import serve
 
 from ingress.web import PAGE_HEADERS, asset_names, load_asset
-from tests.served_app import Deployed, deploy_graph, tiny_graph_args
+from tests.served_app import Deployed, served, tiny_graph_args
 
 PREFIX = "/app"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,10 +72,8 @@ def deployed(
         max_new_tokens=6,
     )
     # Under a route prefix: every link and request in the page must be relative.
-    deploy_graph(args, "webpage", PREFIX)
-    with httpx.Client(base_url=f"{ray_session}{PREFIX}", timeout=60) as client:
-        yield Deployed(client, data_dir)
-    serve.delete("webpage")
+    with served(ray_session, args, "webpage", PREFIX) as deployed:
+        yield deployed
 
 
 # -- serving the page -----------------------------------------------------------------
