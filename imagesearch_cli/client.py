@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from imagesearch_cli.retry import RetryPolicy, parse_retry_after
+from imagesearch_cli.retry import DEFAULT_TIMEOUT_S, RetryPolicy, parse_retry_after
 
 USER_AGENT = "imagesearch-cli/0.1"
 # Connection-level failures worth another try: refused or reset connections, a server
@@ -36,6 +36,12 @@ class ServiceError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+    @property
+    def stops_run(self) -> bool:
+        """Unreachable, or the key refused (401, 403): every later request would fail the
+        same way, so a command working through many items stops here."""
+        return self.status is None or self.status in (401, 403)
 
     @property
     def reason(self) -> str:
@@ -74,7 +80,7 @@ class ApiClient:
         base_url: str,
         api_key: str | None = None,
         *,
-        timeout_s: float = 180.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         policy: RetryPolicy | None = None,
         max_connections: int = 16,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from imagesearch_cli.client import ApiClient, ServiceError
 from imagesearch_cli.retry import RetryPolicy
@@ -65,8 +65,8 @@ def run_with_client(
         return service_failure(exc, conn)
 
 
-def print_json(data: Any, out: TextIO | None = None) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False), file=out or sys.stdout)
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _cell(text: str, width: int) -> str:
@@ -201,7 +201,7 @@ def delete(args: argparse.Namespace, conn: Connection) -> int:
             try:
                 deleted = await api.delete(image_id)
             except ServiceError as exc:
-                if exc.status is None or exc.status in (401, 403):
+                if exc.stops_run:
                     raise  # the same for every id: stop here
                 print(f"failed    {image_id}: {exc.reason}")
                 status = FAILED

@@ -40,8 +40,9 @@ def index(args: argparse.Namespace, conn: Connection) -> int:
     tags = [tag.strip() for tag in (args.tags or "").split(",") if tag.strip()]
     path = journal_path(args.journal, args.no_journal)
     show = sys.stderr.isatty() if args.progress is None else args.progress
+    total = len(found.sources) + len(found.problems)
     progress = (
-        Progress(total=0, stream=sys.stderr, bar=show) if args.progress is not False else None
+        Progress(total=total, stream=sys.stderr, bar=show) if args.progress is not False else None
     )
     try:
         journal = Journal.open(path, conn.url)

@@ -21,21 +21,12 @@ from imagesearch_cli.progress import Counts, Progress
 from imagesearch_cli.sources import Problem, Source, content_type_for
 from ingress.records import image_id_for
 
-# Refusals that are about the caller, not the file: no point trying the next one.
-_FATAL_STATUSES = frozenset({401, 403})
-
-
-@dataclass(frozen=True)
-class Failure:
-    label: str
-    reason: str
-
 
 @dataclass
 class Summary:
     total: int = 0
     counts: Counts = field(default_factory=Counts)
-    failures: list[Failure] = field(default_factory=list)
+    failures: list[Problem] = field(default_factory=list)
     # Why the run stopped before the end (unreachable service, bad key), if it did.
     stopped: str | None = None
 
@@ -72,17 +63,16 @@ class IndexRun:
         self.tags = list(tags)
         self.concurrency = concurrency
         self.progress = progress
-        # Live while running, so that an interrupted run can still report.
-        self.summary = Summary()
+        # Live while running, so that an interrupted run can still report; the progress
+        # display shows the same counts.
+        self.summary = Summary(counts=progress.counts if progress is not None else Counts())
 
     async def run(self, sources: Sequence[Source], problems: Sequence[Problem] = ()) -> Summary:
         summary = self.summary
         summary.total = len(sources) + len(problems)
-        if self.progress is not None:
-            self.progress.total = summary.total
-            self.progress.counts = summary.counts
-        for problem in problems:
-            self._finish(None, "failed", None, problem.reason, problem.label)
+        # Lines that name no source fail as they are: nothing to send, nothing to journal.
+        summary.counts.failed += len(problems)
+        summary.failures.extend(problems)
         pending = []
         for source in sources:
             if self.journal.done(source.identity()):
@@ -109,7 +99,7 @@ class IndexRun:
         # One shared iterator: each source is taken by exactly one worker.
         for source in todo:
             outcome, image_id, reason = await self._index_one(source)
-            self._finish(source, outcome, image_id, reason, source.label)
+            self._finish(source, outcome, image_id, reason)
 
     async def _index_one(self, source: Source) -> tuple[str, str | None, str | None]:
         """(outcome, id, reason): outcome is indexed, exists or failed."""
@@ -129,7 +119,7 @@ class IndexRun:
                     data, source.filename, content_type_for(source.filename), self.tags
                 )
         except ServiceError as exc:
-            if exc.status is None or exc.status in _FATAL_STATUSES:
+            if exc.stops_run:  # every remaining source would fail the same way
                 raise _Stop(exc.reason) from None
             return "failed", None, exc.reason
         return self._added(answer)
@@ -141,12 +131,7 @@ class IndexRun:
         return outcome, record.get("id"), None
 
     def _finish(
-        self,
-        source: Source | None,
-        outcome: str,
-        image_id: str | None,
-        reason: str | None,
-        label: str,
+        self, source: Source, outcome: str, image_id: str | None, reason: str | None
     ) -> None:
         counts = self.summary.counts
         if outcome == "indexed":
@@ -155,9 +140,8 @@ class IndexRun:
             counts.exists += 1
         else:
             counts.failed += 1
-            self.summary.failures.append(Failure(label, reason or "unknown error"))
-        if source is not None:
-            self.journal.record(source.identity(), outcome, image_id, reason)
+            self.summary.failures.append(Problem(source.label, reason or "unknown error"))
+        self.journal.record(source.identity(), outcome, image_id, reason)
         self._tick()
 
     def _tick(self) -> None:

@@ -30,7 +30,7 @@ class Journal:
     def __init__(self, path: Path | None, service: str) -> None:
         self.path = path
         self.service = service.rstrip("/")
-        self._done: dict[tuple[str, str, Any, Any], str] = {}
+        self._done: set[tuple[str, str, Any, Any]] = set()
         self._file: IO[str] | None = None
 
     @classmethod
@@ -59,10 +59,10 @@ class Journal:
             except (ValueError, KeyError, TypeError):
                 continue  # a line torn by a kill, or not ours
             if outcome in DONE:
-                self._done[key] = str(entry.get("id") or "")
+                self._done.add(key)
             else:
                 # A later failure of the same unchanged source: it is not done any more.
-                self._done.pop(key, None)
+                self._done.discard(key)
         return bool(text) and not text.endswith("\n")
 
     def done(self, identity: dict[str, Any]) -> bool:
@@ -89,7 +89,7 @@ class Journal:
         if reason is not None:
             entry["reason"] = reason
         if outcome in DONE:
-            self._done[_key(self.service, identity)] = image_id or ""
+            self._done.add(_key(self.service, identity))
         if self._file is not None:
             self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self._file.flush()

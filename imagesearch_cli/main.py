@@ -1,7 +1,8 @@
 """`imagesearch`: argument parsing and dispatch.
 
-Only the standard library at import time: the commands (aiohttp, boto3, numpy) load
-after the arguments are parsed, so `--help` and usage errors answer at once.
+Only the standard library at import time (and `retry`, for the defaults: it is stdlib
+only too): the commands (aiohttp, boto3, numpy) load after the arguments are parsed, so
+`--help` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -10,40 +11,36 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from imagesearch_cli.retry import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "IMAGESEARCH_URL"
 KEY_ENV = "IMAGESEARCH_API_KEY"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+def _number(kind: type[int] | type[float], minimum: float, *, strict: bool = False) -> Any:
+    """An argparse type: `kind` parsed from the text, at least `minimum` (above it when
+    `strict`)."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if value < minimum or (strict and value == minimum):
+            bound = "above" if strict else "at least"
+            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}: {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
+_positive_int = _number(int, 1)
+_non_negative_int = _number(int, 0)
+_positive_float = _number(float, 0, strict=True)
 
 
 def _connection_options(suppress: bool) -> argparse.ArgumentParser:
@@ -61,15 +58,17 @@ def _connection_options(suppress: bool) -> argparse.ArgumentParser:
     group.add_argument(
         "--timeout",
         type=_positive_float,
-        default=argparse.SUPPRESS if suppress else 180.0,
-        help="seconds per request (default 180: above the service's own model timeout)",
+        default=argparse.SUPPRESS if suppress else DEFAULT_TIMEOUT_S,
+        help=f"seconds per request (default {DEFAULT_TIMEOUT_S:g}: above the service's own "
+        "model timeout)",
     )
     group.add_argument(
         "--retries",
         type=_non_negative_int,
-        default=argparse.SUPPRESS if suppress else 5,
+        default=argparse.SUPPRESS if suppress else DEFAULT_RETRIES,
         help="retries of a request that failed transiently: 429, 502, 503, 504 or a "
-        "connection error (default 5; exponential backoff, Retry-After honoured)",
+        f"connection error (default {DEFAULT_RETRIES}; exponential backoff, Retry-After "
+        "honoured)",
     )
     return common
 

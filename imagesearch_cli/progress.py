@@ -22,6 +22,12 @@ class Counts:
     def finished(self) -> int:
         return self.indexed + self.exists + self.skipped + self.failed
 
+    @property
+    def worked(self) -> int:
+        """Finished by this run's work: journal skips take no time, and would inflate the
+        rate."""
+        return self.finished - self.skipped
+
 
 def _duration(seconds: float) -> str:
     whole = round(seconds)
@@ -30,9 +36,8 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def describe(counts: Counts, total: int, elapsed_s: float, worked: int) -> str:
-    """`worked` excludes journal skips: they take no time and would inflate the rate."""
-    rate = worked / elapsed_s if elapsed_s > 0 else 0.0
+def describe(counts: Counts, total: int, elapsed_s: float) -> str:
+    rate = counts.worked / elapsed_s if elapsed_s > 0 else 0.0
     remaining = max(0, total - counts.finished)
     eta = _duration(remaining / rate) if rate > 0 else "?"
     parts = [
@@ -66,12 +71,8 @@ class Progress:
         if self.bar:
             self._last = float("-inf")  # draw the first state at once
 
-    @property
-    def worked(self) -> int:
-        return self.counts.finished - self.counts.skipped
-
     def line(self) -> str:
-        return describe(self.counts, self.total, self.clock() - self._start, self.worked)
+        return describe(self.counts, self.total, self.clock() - self._start)
 
     def update(self, force: bool = False) -> None:
         now = self.clock()

@@ -1,4 +1,6 @@
-"""When to try a request again, and how long to wait first."""
+"""When to try a request again, and how long to wait first; the client's defaults.
+
+Only the standard library: `main` imports the defaults for its `--help`."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from email.utils import parsedate_to_datetime
 # Answers that say "not now" rather than "never": overload, rate limits and a failing or
 # slow dependency behind the service. Every other 4xx (413, 415, 422, ...) is final.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# Seconds per request: above the service's own model timeout.
+DEFAULT_TIMEOUT_S = 180.0
+DEFAULT_RETRIES = 5
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -37,7 +42,7 @@ class RetryPolicy:
     `max_delay_s`. A server's Retry-After wins over the computed delay (it knows when
     capacity returns), but is capped too, so one bad header cannot stall a run."""
 
-    retries: int = 5
+    retries: int = DEFAULT_RETRIES
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
     # Injectable for tests: uniform(0, 1).

@@ -119,9 +119,10 @@ class S3Source:
         return await asyncio.to_thread(get)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Problem:
-    """A line or entry that names no usable source; reported as a failure."""
+    """What could not be indexed, and why: a line or entry that names no usable source
+    (found here), or a source the service refused (found by the index run)."""
 
     label: str
     reason: str

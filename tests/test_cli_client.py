@@ -41,6 +41,13 @@ def test_retry_after_header_forms() -> None:
     assert parse_retry_after(None) is None
 
 
+def test_unreachable_or_refused_key_stops_a_run() -> None:
+    stopping = [ServiceError(status, "x", "y") for status in (None, 401, 403)]
+    assert all(error.stops_run for error in stopping)
+    going_on = [ServiceError(status, "x", "y") for status in (400, 404, 413, 415, 429, 503)]
+    assert not any(error.stops_run for error in going_on)
+
+
 class Script:
     """Answers the scripted responses in order, recording each request."""
 

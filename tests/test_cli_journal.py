@@ -67,12 +67,13 @@ def test_no_journal_writes_nothing(tmp_path: Path) -> None:
 
 def test_progress_line_rate_and_eta() -> None:
     counts = Counts(indexed=6, exists=2, skipped=10, failed=2)
-    # 10 sources worked on in 5 s: 2/s; 80 left -> 40 s.
-    assert describe(counts, 100, 5.0, 10) == (
+    # 10 sources worked on in 5 s (skips take no time): 2/s; 80 left -> 40 s.
+    assert counts.worked == 10
+    assert describe(counts, 100, 5.0) == (
         "20/100  2.0/s  ETA 0:40  new 6  there 2  skipped 10  failed 2"
     )
-    assert "ETA ?" in describe(Counts(), 5, 0.0, 0)
-    assert "ETA 1:01:40" in describe(Counts(indexed=1), 3701, 1.0, 1)
+    assert "ETA ?" in describe(Counts(), 5, 0.0)
+    assert "ETA 1:01:40" in describe(Counts(indexed=1), 3701, 1.0)
 
 
 def test_progress_output_on_a_terminal_and_in_a_log() -> None:
@@ -94,4 +95,4 @@ def test_progress_output_on_a_terminal_and_in_a_log() -> None:
     now[0] = 20.0
     plain.update()
     plain.close()
-    assert log.getvalue().splitlines() == [describe(plain.counts, 4, 18.0, 1)]
+    assert log.getvalue().splitlines() == [describe(plain.counts, 4, 18.0)]
