@@ -4,14 +4,16 @@ Serve needs. Imports no Ray, no models and no store client until a store is name
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
 from ingress.settings import AppArgs, LanceDBArgs, S3Args, StorageArgs
-from ingress.stores.factory import weaviate_options
+from ingress.stores.base import BlobStore, StoreError, VectorStore
+from ingress.stores.factory import open_blob_store, open_vector_store, weaviate_options
 
 # Keys or ids printed per list in a command's summary.
 SHOWN = 20
@@ -19,6 +21,10 @@ SHOWN = 20
 
 class ConfigError(Exception):
     """The serve config cannot be read or does not validate."""
+
+
+class StoresUnavailable(Exception):
+    """A store the config names cannot be opened; the message says which and why."""
 
 
 def load_app_args(config_path: Path, app: str | None = None) -> AppArgs:
@@ -74,6 +80,29 @@ async def recorded_embedding(storage: StorageArgs) -> tuple[str, int]:
     from ingress.stores.weaviate_store import WeaviateVectorStore
 
     return await WeaviateVectorStore.recorded_embedding(config.url, **weaviate_options(config))
+
+
+@asynccontextmanager
+async def open_recorded_stores(
+    storage: StorageArgs,
+) -> AsyncIterator[tuple[VectorStore, BlobStore]]:
+    """The vector store (bound to the embedding recorded in it, see recorded_embedding)
+    and the blob store that storage names, closed on exit. Loads no model and starts no
+    index upkeep (unlike factory.open_stores). StoresUnavailable when either cannot be
+    opened."""
+    async with AsyncExitStack() as opened:
+        try:
+            model, dim = await recorded_embedding(storage)
+            vectors = await open_vector_store(storage, model, dim)
+        except (StoreError, ValueError) as e:
+            raise StoresUnavailable(f"cannot open the vector store: {e}") from e
+        opened.push_async_callback(vectors.close)
+        try:
+            blobs = await open_blob_store(storage)
+        except (StoreError, ValueError) as e:
+            raise StoresUnavailable(f"cannot open the blob store: {e}") from e
+        opened.push_async_callback(blobs.close)
+        yield vectors, blobs
 
 
 def describe_vectors(storage: StorageArgs) -> str:

@@ -34,16 +34,16 @@ from pathlib import Path
 
 from ingress.cli_config import (
     ConfigError,
+    StoresUnavailable,
     describe_storage,
     load_app_args,
+    open_recorded_stores,
     print_keys,
-    recorded_embedding,
     without_bucket_creation,
 )
 from ingress.records import blob_key_for, image_id_for
 from ingress.settings import StorageArgs
 from ingress.stores.base import BlobStore, StoreError, VectorStore
-from ingress.stores.factory import open_blob_store, open_vector_store
 
 logger = logging.getLogger("ingress.maintenance")
 
@@ -253,27 +253,15 @@ async def run_orphans(storage: StorageArgs, *, delete: bool, min_age_s: float) -
     storage = without_bucket_creation(storage)
     print(describe_storage(storage))
     try:
-        model, dim = await recorded_embedding(storage)
-        vectors = await open_vector_store(storage, model, dim)
-    except (StoreError, ValueError) as e:
-        print(f"error: cannot open the vector store: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        try:
-            blobs = await open_blob_store(storage)
-        except (StoreError, ValueError) as e:
-            print(f"error: cannot open the blob store: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        try:
+        async with open_recorded_stores(storage) as (vectors, blobs):
             return await _check(vectors, blobs, delete=delete, min_age_s=min_age_s)
-        except StoreError as e:
-            logger.debug("store failure", exc_info=True)
-            print(f"error: a store failed during the check: {e}", file=sys.stderr)
-            return EXIT_STORE_FAILED
-        finally:
-            await blobs.close()
-    finally:
-        await vectors.close()
+    except StoresUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as e:
+        logger.debug("store failure", exc_info=True)
+        print(f"error: a store failed during the check: {e}", file=sys.stderr)
+        return EXIT_STORE_FAILED
 
 
 async def _check(vectors: VectorStore, blobs: BlobStore, *, delete: bool, min_age_s: float) -> int:

@@ -38,18 +38,21 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ingress.cli_config import (
     ConfigError,
+    StoresUnavailable,
     describe_storage,
     describe_vectors,
     load_app_args,
+    open_recorded_stores,
     print_keys,
     recorded_embedding,
     without_bucket_creation,
@@ -71,6 +74,8 @@ if TYPE_CHECKING:
     from deployments.settings import CaptionerSettings, EmbedderSettings
 
 logger = logging.getLogger("ingress.reindex")
+
+_Store = TypeVar("_Store", VectorStore, BlobStore)
 
 EXIT_DONE = 0
 EXIT_IMAGES_FAILED = 1
@@ -128,21 +133,8 @@ class Checkpoint:
                 file=sys.stderr,
             )
             return None
-        fields = {
-            name: data[name]
-            for name in (
-                "cursor",
-                "last_id",
-                "walked",
-                "changed",
-                "skipped",
-                "gone",
-                "failed",
-                "failures",
-            )
-            if name in data
-        }
-        return cls(job=job, **fields)
+        counts = {name: data[name] for name in cls._count_names() if name in data}
+        return cls(job=job, **counts)
 
     def save(self, path: Path) -> None:
         # Written beside and renamed over: an interruption never leaves half a file.
@@ -157,17 +149,13 @@ class Checkpoint:
         """A completed run leaves no state: the next one starts from the beginning."""
         path.unlink(missing_ok=True)
 
+    @classmethod
+    def _count_names(cls) -> list[str]:
+        """The fields the state file holds beside version and job, in declaration order."""
+        return [f.name for f in fields(cls) if f.name != "job"]
+
     def _counts(self) -> dict[str, Any]:
-        return {
-            "cursor": self.cursor,
-            "last_id": self.last_id,
-            "walked": self.walked,
-            "changed": self.changed,
-            "skipped": self.skipped,
-            "gone": self.gone,
-            "failed": self.failed,
-            "failures": self.failures,
-        }
+        return {name: getattr(self, name) for name in self._count_names()}
 
     def fail(self, image_id: str, why: str) -> None:
         self.failed += 1
@@ -280,9 +268,10 @@ class Captioner:
         from deployments.batching import run_isolated
 
         await self.load()
-        # The unbatched generate of the deployment; run_isolated retries a failed batch
-        # item by item, so one bad image fails alone.
-        return await asyncio.to_thread(run_isolated, self._model._generate, images)
+        # The unbatched generate of the deployment, on the model's own warmed thread (see
+        # deployments.batching.ModelThread); run_isolated retries a failed batch item by
+        # item, so one bad image fails alone.
+        return await self._model._thread.run(run_isolated, self._model._generate, images)
 
 
 class Embedder:
@@ -305,7 +294,38 @@ class Embedder:
     async def __call__(self, images: list[np.ndarray]) -> list[np.ndarray | Exception]:
         from deployments.batching import run_isolated
 
-        return await asyncio.to_thread(run_isolated, self._model._image_vectors, images)
+        # On the model's own warmed thread, as Captioner.__call__.
+        return await self._model._thread.run(run_isolated, self._model._image_vectors, images)
+
+
+# -- walking the source ---------------------------------------------------------------------
+
+
+async def pages(
+    store: VectorStore,
+    state: Checkpoint,
+    what: str,
+    verb: str,
+    *,
+    batch_size: int,
+    state_path: Path,
+) -> AsyncIterator[Sequence[ImageRecord]]:
+    """The store's records, a page at a time in id order, from state's cursor. Once the
+    caller is done with a page it is counted into state, progress is reported and (but
+    for the last page) state is saved with the next cursor. The caller removes the state
+    file when the whole run is done."""
+    progress = Progress(what, verb, await store.count(), state)
+    while True:
+        page = await store.list(batch_size, state.cursor)
+        yield page.records
+        state.walked += len(page.records)
+        if page.records:
+            state.last_id = page.records[-1].id
+        progress.report()
+        if page.next_cursor is None:
+            return
+        state.cursor = page.next_cursor
+        state.save(state_path)
 
 
 # -- captions -------------------------------------------------------------------------------
@@ -324,11 +344,11 @@ async def recaption(
 ) -> None:
     """Walk the store from state's cursor; re-caption in place what needs it. State is
     saved after every page and removed at the end."""
-    progress = Progress("captions", "re-captioned", await vectors.count(), state)
-    while True:
-        page = await vectors.list(batch_size, state.cursor)
-        todo = [r for r in page.records if all_records or r.caption_model != captioner.model_id]
-        state.skipped += len(page.records) - len(todo)
+    async for records in pages(
+        vectors, state, "captions", "re-captioned", batch_size=batch_size, state_path=state_path
+    ):
+        todo = [r for r in records if all_records or r.caption_model != captioner.model_id]
+        state.skipped += len(records) - len(todo)
         loaded = await load_pixels(blobs, todo, limits, state) if todo else []
         if loaded:
             captions = await captioner([pixels for _, pixels in loaded])
@@ -339,14 +359,6 @@ async def recaption(
                     state.gone += 1
                 else:
                     state.changed += 1
-        state.walked += len(page.records)
-        if page.records:
-            state.last_id = page.records[-1].id
-        progress.report()
-        if page.next_cursor is None:
-            break
-        state.cursor = page.next_cursor
-        state.save(state_path)
     Checkpoint.remove(state_path)
 
 
@@ -358,24 +370,15 @@ async def run_captions(
     print(describe_storage(storage))
     captioner = Captioner(args.captioner)
     print(f"captioner: {captioner.model_id}" + (" (every record)" if all_records else ""))
+    path = state_path or default_state_path(storage, f"captions-{_vectors_name(storage)}")
+    job = {
+        "command": "captions",
+        "vectors": describe_vectors(storage),
+        "caption_model": captioner.model_id,
+        "all": all_records,
+    }
     try:
-        model, dim = await recorded_embedding(storage)
-        vectors = await open_vector_store(storage, model, dim)
-    except (StoreError, ValueError) as e:
-        return _usage(f"cannot open the vector store: {e}")
-    try:
-        try:
-            blobs = await open_blob_store(storage)
-        except (StoreError, ValueError) as e:
-            return _usage(f"cannot open the blob store: {e}")
-        path = state_path or default_state_path(storage, f"captions-{_vectors_name(storage)}")
-        job = {
-            "command": "captions",
-            "vectors": describe_vectors(storage),
-            "caption_model": captioner.model_id,
-            "all": all_records,
-        }
-        try:
+        async with open_recorded_stores(storage) as (vectors, blobs):
             state = _resumed(path, job)
             await recaption(
                 vectors,
@@ -387,14 +390,10 @@ async def run_captions(
                 batch_size=batch_size,
                 state_path=path,
             )
-        except UsageError as e:
-            return _usage(str(e))
-        except StoreError as e:
-            return _store_failed(e, path)
-        finally:
-            await blobs.close()
-    finally:
-        await vectors.close()
+    except (StoresUnavailable, UsageError) as e:
+        return _usage(str(e))
+    except StoreError as e:
+        return _store_failed(e, path)
     print(
         f"re-captioned {state.changed} of {state.walked} records with {captioner.model_id} "
         f"({state.skipped} already current, {state.gone} deleted meanwhile)"
@@ -468,13 +467,13 @@ async def reembed(
     """Copy every source record the target lacks, with a vector of the new embedder.
     State is saved after every page and removed at the end. Returns how many target
     records no source record has."""
-    progress = Progress("vectors", "embedded", await source.count(), state)
     in_target = TargetIds(target, state.last_id)
-    while True:
-        page = await source.list(batch_size, state.cursor)
-        there = await in_target.present([r.id for r in page.records])
-        todo = [r for r in page.records if r.id not in there]
-        state.skipped += len(page.records) - len(todo)
+    async for records in pages(
+        source, state, "vectors", "embedded", batch_size=batch_size, state_path=state_path
+    ):
+        there = await in_target.present([r.id for r in records])
+        todo = [r for r in records if r.id not in there]
+        state.skipped += len(records) - len(todo)
         loaded = await load_pixels(blobs, todo, limits, state) if todo else []
         if loaded:
             vectors = await embedder([pixels for _, pixels in loaded])
@@ -487,14 +486,6 @@ async def reembed(
                     copies.append(IndexedImage(copy, vector))
             await target.upsert(copies)
             state.changed += len(copies)
-        state.walked += len(page.records)
-        if page.records:
-            state.last_id = page.records[-1].id
-        progress.report()
-        if page.next_cursor is None:
-            break
-        state.cursor = page.next_cursor
-        state.save(state_path)
     only_in_target = await in_target.rest()
     Checkpoint.remove(state_path)
     return only_in_target
@@ -563,65 +554,42 @@ async def run_vectors(
         embedder = await Embedder.load(args.embedder)
     except UsageError as e:
         return _usage(str(e))
-    try:
-        source = await open_vector_store(old, old_model, old_dim)
-    except (StoreError, ValueError) as e:
-        return _usage(f"cannot open the source: {e}")
-    try:
-        try:
-            target = await open_vector_store(storage, embedder.model_id, embedder.dim)
-        except EmbeddingMismatch as e:
-            return _usage(f"the target holds vectors of another model or dimension: {e}")
-        except (StoreError, ValueError) as e:
-            return _usage(f"cannot open the target: {e}")
-        try:
-            return await _copy(args, storage, old, source, target, embedder, batch_size, state_path)
-        finally:
-            await target.close()
-    finally:
-        await source.close()
-
-
-async def _copy(
-    args: AppArgs,
-    storage: StorageArgs,
-    old: StorageArgs,
-    source: VectorStore,
-    target: VectorStore,
-    embedder: Embedder,
-    batch_size: int,
-    state_path: Path | None,
-) -> int:
-    try:
-        blobs = await open_blob_store(storage)
-    except (StoreError, ValueError) as e:
-        return _usage(f"cannot open the blob store: {e}")
     name = f"vectors-{_vectors_name(old)}-to-{_vectors_name(storage)}"
     path = state_path or default_state_path(storage, name)
+    job = {
+        "command": "vectors",
+        "source": describe_vectors(old),
+        "target": describe_vectors(storage),
+        "embedding_model": embedder.model_id,
+    }
     try:
-        job = {
-            "command": "vectors",
-            "source": describe_vectors(old),
-            "target": describe_vectors(storage),
-            "embedding_model": embedder.model_id,
-        }
-        state = _resumed(path, job)
-        only_in_target = await reembed(
-            source,
-            target,
-            blobs,
-            embedder,
-            args.intake.image_limits(),
-            state,
-            batch_size=batch_size,
-            state_path=path,
-        )
+        async with AsyncExitStack() as opened:
+            source = await _opened(opened, "the source", open_vector_store(old, old_model, old_dim))
+            try:
+                target = await open_vector_store(storage, embedder.model_id, embedder.dim)
+            except EmbeddingMismatch as e:
+                raise UsageError(
+                    f"the target holds vectors of another model or dimension: {e}"
+                ) from e
+            except (StoreError, ValueError) as e:
+                raise UsageError(f"cannot open the target: {e}") from e
+            opened.push_async_callback(target.close)
+            blobs = await _opened(opened, "the blob store", open_blob_store(storage))
+            state = _resumed(path, job)
+            only_in_target = await reembed(
+                source,
+                target,
+                blobs,
+                embedder,
+                args.intake.image_limits(),
+                state,
+                batch_size=batch_size,
+                state_path=path,
+            )
     except UsageError as e:
         return _usage(str(e))
     except StoreError as e:
         return _store_failed(e, path)
-    finally:
-        await blobs.close()
     print(
         f"embedded {state.changed} of {state.walked} records with {embedder.model_id} "
         f"(dim {embedder.dim}); {state.skipped} were in the target already"
@@ -640,6 +608,17 @@ async def _recorded_or_none(storage: StorageArgs) -> tuple[str, int] | None:
     except StoreError:
         # No such table yet (it is created) or not reachable (opening it says so).
         return None
+
+
+async def _opened(opened: AsyncExitStack, what: str, opening: Awaitable[_Store]) -> _Store:
+    """The store opening gives, closed when opened is; UsageError when it cannot be
+    opened."""
+    try:
+        store = await opening
+    except (StoreError, ValueError) as e:
+        raise UsageError(f"cannot open {what}: {e}") from e
+    opened.push_async_callback(store.close)
+    return store
 
 
 # -- shared by both ---------------------------------------------------------------------

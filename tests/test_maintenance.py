@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ingress.cli_config import recorded_embedding
 from ingress.imaging import ImageLimits
 from ingress.maintenance import (
     EXIT_CLEAN,
@@ -25,7 +26,6 @@ from ingress.maintenance import (
     EXIT_USAGE,
     find_orphans,
     main,
-    recorded_embedding,
     remove_orphan_blobs,
     remove_orphans,
     sha256_of_blob_key,

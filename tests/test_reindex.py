@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -199,17 +200,19 @@ def write_config(
 
 
 class Calls:
-    """Counts the images a model method was run on, across every instance; the warm-up
-    probe each model runs when it loads is not counted."""
+    """Counts the images a model method was run on, across every instance, and the
+    threads it ran on; the warm-up probe each model runs when it loads is not counted."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> None:
         self.images = 0
+        self.threads: set[str] = set()
         real = getattr(cls, name)
         probe = probe_image()
 
         def counted(model: Any, images: list[np.ndarray]) -> Any:
             if not (len(images) == 1 and np.array_equal(images[0], probe)):
                 self.images += len(images)
+                self.threads.add(threading.current_thread().name)
             return real(model, images)
 
         monkeypatch.setattr(cls, name, counted)
@@ -240,6 +243,8 @@ def test_recaption_after_captioner_change(
 
     assert main(["captions", "--config", str(config), "--batch-size", "2"]) == EXIT_DONE
     assert calls.images == 5
+    # On the model's own thread (deployments.batching.ModelThread), not the executor's.
+    assert calls.threads and all(t.startswith("captioner") for t in calls.threads)
     out = capsys.readouterr()
     assert "re-captioned 5 of 5" in out.out
     assert "5/5 records" in out.err and "ETA" in out.err  # progress on stderr
@@ -394,6 +399,7 @@ def test_reembed_into_a_new_table_then_copy_what_was_added(
     assert main(argv) == EXIT_DONE
     out = capsys.readouterr()
     assert "embedded 5 of 5" in out.out and "ETA" in out.err
+    assert calls.threads and all(t.startswith("embedder") for t in calls.threads)
     new_model = str(other_clip_dir.resolve())
     assert asyncio.run(LanceDBVectorStore.recorded_embedding(data / "lancedb", "images_v2")) == (
         new_model,
