@@ -63,6 +63,7 @@ from deployments.embedder import ClipEmbedder
 from deployments.model_loading import resolve_placement
 from deployments.random_weights import save_random_blip, save_random_clip
 from deployments.settings import EmbedderSettings, ModelSettings
+from ingress.settings import AppArgs, IndexUpkeepArgs, LanceDBArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -580,19 +581,17 @@ async def bulk_load(store: Any, model: str, vectors: np.ndarray, start: int) -> 
         await store.upsert(images)
 
 
-async def settled(store: Any, want_index: bool, timeout_s: float) -> float:
-    """Wait until the ingress's background upkeep has caught up (index built when
-    wanted, new rows folded in, small files merged); seconds waited."""
-    from ingress.settings import IndexUpkeepArgs
-
-    defaults = IndexUpkeepArgs()
+async def settled(store: Any, upkeep: IndexUpkeepArgs, want_index: bool, timeout_s: float) -> float:
+    """Wait until the ingress's background upkeep, as deployed with `upkeep`, has caught
+    up (index built when wanted, new rows folded in, small files merged); seconds
+    waited."""
     started = time.monotonic()
     while True:
         lag = await store.index_lag()
         if (
             (lag.vector_index or not want_index)
-            and lag.unindexed_rows < defaults.refresh_rows
-            and lag.small_fragments < defaults.compact_fragments
+            and lag.unindexed_rows < upkeep.refresh_rows
+            and lag.small_fragments < upkeep.compact_fragments
         ):
             return time.monotonic() - started
         if time.monotonic() - started > timeout_s:
@@ -619,7 +618,7 @@ async def text_latency(base_url: str, queries: int, tag: str) -> list[float]:
     return latencies
 
 
-async def recall_at_10(path: Path, queries: np.ndarray) -> float:
+async def recall_at_10(path: Path, table_name: str, queries: np.ndarray) -> float:
     """The served store's top 10 (through the ANN index) against exact cosine top 10
     over every row in the table."""
     import lancedb
@@ -627,7 +626,7 @@ async def recall_at_10(path: Path, queries: np.ndarray) -> float:
     from ingress.stores.lancedb_store import LanceDBVectorStore
 
     db = await lancedb.connect_async(path)
-    table = await db.open_table("images")
+    table = await db.open_table(table_name)
     everything = await table.query().select(["id", "vector"]).to_arrow()
     table.close()
     db.close()
@@ -635,8 +634,8 @@ async def recall_at_10(path: Path, queries: np.ndarray) -> float:
     matrix = np.asarray(everything["vector"].combine_chunks().flatten()).reshape(len(ids), -1)
     matrix = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
     found = 0
-    model, dim = await LanceDBVectorStore.recorded_embedding(path)
-    store = LanceDBVectorStore(path, model, dim)
+    model, dim = await LanceDBVectorStore.recorded_embedding(path, table_name)
+    store = LanceDBVectorStore(path, model, dim, table_name=table_name)
     try:
         for query in queries:
             exact = set(ids[np.argsort(-(matrix @ query))[:10]])
@@ -904,6 +903,11 @@ async def served_part(
     raw_args, options = serve_layout(config)
     data_dir = scratch / "data"
     args = served_args(raw_args, blip, clip, data_dir, mode)
+    # Where and how the deployed ingress keeps its vectors, as it reads its args.
+    storage = AppArgs.model_validate(args).storage
+    vectors = storage.vectors
+    if not isinstance(vectors, LanceDBArgs):
+        raise SystemExit("the suite measures the embedded store: use a LanceDB config")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     results.mark("deploy")
@@ -953,8 +957,8 @@ async def served_part(
         async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
             health = (await client.get("/healthz")).json()
         model, dim = health["embedding_model"], int(health["embedding_dim"])
-        path = data_dir / "lancedb"
-        store = LanceDBVectorStore(path, model, dim)
+        path = storage.lancedb_path(vectors)
+        store = LanceDBVectorStore(path, model, dim, table_name=vectors.table)
         rng = np.random.default_rng(3)
         # About 100 vectors per subject at the largest size: every query has real
         # neighbours, as photos in a collection do.
@@ -969,7 +973,7 @@ async def served_part(
                 )
                 loaded = size
                 want_index = size >= mode.ann_min_rows
-                wait = await settled(store, want_index, timeout_s=900)
+                wait = await settled(store, vectors.index_upkeep, want_index, timeout_s=900)
                 if want_index:
                     results.index_wait_s = wait
                 results.mark(f"search {size:,}")
@@ -982,7 +986,7 @@ async def served_part(
             await store.close()
         if max(mode.store_sizes) >= mode.ann_min_rows:
             results.recall = await recall_at_10(
-                path, clustered_vectors(rng, centres, mode.recall_queries)
+                path, vectors.table, clustered_vectors(rng, centres, mode.recall_queries)
             )
         results.memory = replica_memory(os.getpid())
     finally:
