@@ -6,7 +6,7 @@
 #   docker build --build-arg PREFETCH_MODELS=1 -t ... .     # models baked in (~1.5 GB more)
 #
 # The Ray version here, `rayVersion` in k8s/rayservice.yaml, the image tags there and
-# the ray requirement in pyproject.toml must agree (tests/test_deploy_manifests.py).
+# the ray requirement in pyproject.toml must agree (tests/repo/test_deploy_manifests.py).
 FROM rayproject/ray:2.60.0-py311-gpu
 
 # torch from PyPI's default index is the CUDA build, carrying its own CUDA runtime

@@ -28,7 +28,6 @@ import torch
 
 from deployments.captioner import BlipCaptioner
 from deployments.embedder import ClipEmbedder
-from deployments.random_weights import save_random_blip, save_random_clip
 from deployments.settings import (
     DEFAULT_CAPTION_MODEL,
     DEFAULT_EMBEDDING_MODEL,
@@ -37,6 +36,7 @@ from deployments.settings import (
     EmbedderSettings,
     ModelSettings,
 )
+from tests.support.random_weights import save_random_blip, save_random_clip
 
 
 @dataclass(frozen=True)

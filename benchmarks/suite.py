@@ -61,9 +61,9 @@ from PIL import Image
 from benchmarks.model_throughput import Row, bench_captioner, bench_embedder, best, measure
 from deployments.embedder import ClipEmbedder
 from deployments.model_loading import resolve_placement
-from deployments.random_weights import save_random_blip, save_random_clip
 from deployments.settings import EmbedderSettings, ModelSettings
 from ingress.settings import AppArgs, IndexUpkeepArgs, LanceDBArgs
+from tests.support.random_weights import save_random_blip, save_random_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -438,8 +438,8 @@ def deploy(args: dict[str, Any], options: dict[str, dict[str, Any]], port: int) 
 
     from deployments.captioner import Captioner
     from deployments.embedder import Embedder
-    from ingress.api import Ingress
     from ingress.app import compose
+    from ingress.http.deployment import Ingress
     from ingress.settings import AppArgs
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
@@ -555,7 +555,7 @@ def clustered_vectors(rng: np.random.Generator, centres: np.ndarray, n: int) -> 
 
 
 async def bulk_load(store: Any, model: str, vectors: np.ndarray, start: int) -> None:
-    from ingress.records import ImageRecord, IndexedImage
+    from ingress.stores.records import ImageRecord, IndexedImage
 
     created = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     chunk = 5_000
@@ -623,7 +623,7 @@ async def recall_at_10(path: Path, table_name: str, queries: np.ndarray) -> floa
     over every row in the table."""
     import lancedb
 
-    from ingress.stores.lancedb_store import LanceDBVectorStore
+    from ingress.stores.lancedb.store import LanceDBVectorStore
 
     db = await lancedb.connect_async(path)
     table = await db.open_table(table_name)
@@ -898,7 +898,7 @@ def kept_notes(path: Path) -> str:
 async def served_part(
     results: Results, mode: Mode, blip: Path, clip: Path, scratch: Path, config: Path
 ) -> None:
-    from ingress.stores.lancedb_store import LanceDBVectorStore
+    from ingress.stores.lancedb.store import LanceDBVectorStore
 
     raw_args, options = serve_layout(config)
     data_dir = scratch / "data"

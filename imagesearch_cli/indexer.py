@@ -19,7 +19,7 @@ from imagesearch_cli.client import Answer, ApiClient, ServiceError
 from imagesearch_cli.journal import Journal
 from imagesearch_cli.progress import Counts, Progress
 from imagesearch_cli.sources import Problem, Source, content_type_for
-from ingress.records import image_id_for
+from ingress.stores.records import image_id_for
 
 
 @dataclass

@@ -11,7 +11,7 @@ from ray.serve.deployment import Deployment
 
 from deployments.captioner import Captioner
 from deployments.embedder import Embedder
-from ingress.api import Ingress
+from ingress.http.deployment import Ingress
 from ingress.settings import AppArgs
 
 logger = logging.getLogger("ingress.app")

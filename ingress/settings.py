@@ -11,10 +11,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.settings import CaptionerSettings, EmbedderSettings
-from ingress.access import AuthArgs, RateLimitArgs
-from ingress.fetch import FetchPolicy
-from ingress.imaging import ImageLimits
-from ingress.thumbnails import Thumbnailer, ThumbnailFormat
+from ingress.core.fetch import FetchPolicy
+from ingress.core.imaging import ImageLimits
+from ingress.core.thumbnails import Thumbnailer, ThumbnailFormat
+from ingress.http.access import AuthArgs, RateLimitArgs
 
 MiB = 1024 * 1024
 
@@ -24,7 +24,7 @@ class _Strict(BaseModel):
 
 
 class IndexUpkeepArgs(_Strict):
-    """Background index upkeep of the LanceDB store (ingress.stores.lancedb_index)."""
+    """Background index upkeep of the LanceDB store (ingress.stores.lancedb.index)."""
 
     enabled: bool = True
     # Exact search below this many rows; the ANN index (IVF_RQ, re-ranked) from here on.

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from tests.tiny_models import build_tiny_blip, build_tiny_clip
+from tests.support.tiny_models import build_tiny_blip, build_tiny_clip
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ingress.records import ImageFilter, ImageRecord, IndexedImage, Page, SearchHit
+from ingress.stores.records import ImageFilter, ImageRecord, IndexedImage, Page, SearchHit
 
 
 class StoreError(Exception):

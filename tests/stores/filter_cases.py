@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ingress.records import ImageFilter
+from ingress.stores.records import ImageFilter
 
 BASE_TIME = datetime(2024, 3, 1, 12, 0, 0, 250_000, tzinfo=timezone.utc)
 # Tags with quotes, backslashes and non-ASCII: they must be matched as values, never as

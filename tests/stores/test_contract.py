@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingress.records import ImageFilter, ImageRecord, IndexedImage, SearchHit, blob_key_for
 from ingress.stores.base import (
     BlobInfo,
     BlobNotFound,
@@ -27,8 +26,9 @@ from ingress.stores.base import (
     EmbeddingMismatch,
     VectorStore,
 )
-from ingress.stores.lancedb_store import LanceDBVectorStore
+from ingress.stores.lancedb.store import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
+from ingress.stores.records import ImageFilter, ImageRecord, IndexedImage, SearchHit, blob_key_for
 from tests.stores.filter_cases import (
     ADMIT_ALL,
     ADMIT_NONE,
@@ -1025,7 +1025,7 @@ async def _legacy_table(path: Path, images: Sequence[IndexedImage], add_column: 
     import lancedb
     import pyarrow as pa
 
-    from ingress.stores.lancedb_store import _arrow_schema
+    from ingress.stores.lancedb.store import _arrow_schema
 
     full = _arrow_schema(_MODEL, _DIM)
     legacy = full.remove(full.get_field_index("source_domain"))

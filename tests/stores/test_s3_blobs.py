@@ -17,7 +17,6 @@ import httpx
 import pytest
 from botocore.stub import Stubber
 
-from ingress.records import blob_key_for
 from ingress.stores.base import (
     BlobNotFound,
     BlobStore,
@@ -25,6 +24,7 @@ from ingress.stores.base import (
     StoreTimeout,
     StoreUnavailable,
 )
+from ingress.stores.records import blob_key_for
 from ingress.stores.s3_blobs import S3BlobStore
 from tests.stores.s3_backend import unique_bucket
 

@@ -45,8 +45,7 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
-from ingress.errors import to_api_error
-from ingress.records import ImageFilter, ImageRecord, IndexedImage, image_id_for
+from ingress.http.errors import to_api_error
 from ingress.stores.base import (
     EmbeddingMismatch,
     StoreError,
@@ -54,7 +53,8 @@ from ingress.stores.base import (
     StoreUnavailable,
     VectorStore,
 )
-from ingress.stores.weaviate_store import (
+from ingress.stores.records import ImageFilter, ImageRecord, IndexedImage, image_id_for
+from ingress.stores.weaviate.store import (
     WeaviateVectorStore,
     canonical_uuid,
     collection_config,
@@ -1056,7 +1056,7 @@ def _without_source_domain() -> SimpleNamespace:
 async def test_ensure_schema_adds_source_domain_and_fills_it_in(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ingress.stores.weaviate_store._BACKFILL_PAGE", 2)
+    monkeypatch.setattr("ingress.stores.weaviate.store._BACKFILL_PAGE", 2)
     with_url = _records(3, source_url="https://Example.com/x")
     without_url = _records(4)[3:]
     legacy = [*with_url, *without_url]

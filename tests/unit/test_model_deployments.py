@@ -1,0 +1,233 @@
+"""The model classes as plain Python objects under asyncio: batching, failure isolation,
+determinism and the embedding space. Serve's local testing mode cannot run
+`@serve.batch` in Ray 2.60, so the real-Ray path is in test_model_serving.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from deployments.batching import InvalidModelInput
+from deployments.captioner import BlipCaptioner
+from deployments.embedder import ClipEmbedder
+from deployments.settings import CaptionerSettings, EmbedderSettings, ModelSettings
+from tests.support.tiny_models import TINY_DIM
+
+# A batch queue lives on the event loop that created it, as in a replica: one loop per module.
+pytestmark = [pytest.mark.usefixtures("plain_batching"), pytest.mark.asyncio(loop_scope="module")]
+
+
+def _image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_clip_dir: Path) -> Any:
+    return ClipEmbedder(
+        EmbedderSettings(model=ModelSettings(model_id=str(tiny_clip_dir), dtype="float32"))
+    )
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_blip_dir: Path) -> Any:
+    settings = CaptionerSettings(
+        model=ModelSettings(model_id=str(tiny_blip_dir), dtype="float32"), max_new_tokens=8
+    )
+    return BlipCaptioner(settings)
+
+
+async def _gather(coros: list[Any]) -> list[Any]:
+    return await asyncio.gather(*coros, return_exceptions=True)
+
+
+class TestEmbedder:
+    async def test_reports_model_and_dimension(self, embedder: Any, tiny_clip_dir: Path) -> None:
+        info = embedder.info()
+        assert info.model_id == str(tiny_clip_dir)
+        assert info.dim == TINY_DIM
+        assert info.dtype == "float32"
+
+    async def test_image_vectors_are_unit_float32_of_model_dimension(self, embedder: Any) -> None:
+        vector = await embedder.embed_image(_image(1))
+        assert vector.dtype == np.float32
+        assert vector.shape == (TINY_DIM,)
+        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+    async def test_same_vector_alone_or_in_a_batch(self, embedder: Any) -> None:
+        images = [_image(seed, 40 + seed, 70 - seed) for seed in range(6)]
+        alone = [await embedder.embed_image(image) for image in images]
+        with _CallCounter(embedder, "_image_vectors") as counter:
+            batched = await asyncio.gather(*(embedder.embed_image(image) for image in images))
+        # Concurrent calls really shared batches: fewer forward passes than images.
+        assert 1 <= counter.calls < len(images)
+        for single, together in zip(alone, batched, strict=True):
+            np.testing.assert_allclose(single, together, atol=1e-5)
+
+    async def test_different_images_give_different_vectors(self, embedder: Any) -> None:
+        first, second = await asyncio.gather(
+            embedder.embed_image(_image(1)), embedder.embed_image(_image(2))
+        )
+        assert float(first @ second) < 0.9999
+
+    async def test_text_vectors_share_the_image_space(self, embedder: Any) -> None:
+        image = _image(3)
+        texts = ["a red dog", "a cat on grass"]
+        image_vec = await embedder.embed_image(image)
+        text_vecs = await asyncio.gather(*(embedder.embed_text(t) for t in texts))
+        for vec in text_vecs:
+            assert vec.shape == (TINY_DIM,)
+            assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
+        # CLIP's own image-text logits are the scaled cosine of exactly these vectors.
+        inputs = embedder.processor(text=texts, images=[image], return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = embedder.model(**inputs)
+            expected = (out.logits_per_image / embedder.model.logit_scale.exp()).numpy()[0]
+        ours = np.array([image_vec @ vec for vec in text_vecs])
+        np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+    async def test_text_alone_or_batched_and_long_text_truncated(self, embedder: Any) -> None:
+        texts = ["dog", "a photo of a blue car in the sky", "x " * 500]
+        alone = [await embedder.embed_text(t) for t in texts]
+        batched = await asyncio.gather(*(embedder.embed_text(t) for t in texts))
+        for single, together in zip(alone, batched, strict=True):
+            np.testing.assert_allclose(single, together, atol=1e-5)
+
+    async def test_a_bad_item_fails_only_its_own_request(self, embedder: Any) -> None:
+        good = [_image(seed) for seed in range(3)]
+        bad_shape = np.zeros((10, 10), dtype=np.uint8)
+        bad_dtype = np.zeros((10, 10, 3), dtype=np.float32)
+        results = await _gather(
+            [
+                embedder.embed_image(good[0]),
+                embedder.embed_image(bad_shape),
+                embedder.embed_image(good[1]),
+                embedder.embed_image(bad_dtype),
+                embedder.embed_image(good[2]),
+                embedder.embed_text(""),
+            ]
+        )
+        assert isinstance(results[1], InvalidModelInput)
+        assert isinstance(results[3], InvalidModelInput)
+        assert isinstance(results[5], InvalidModelInput)
+        for index in (0, 2, 4):
+            assert isinstance(results[index], np.ndarray)
+
+    async def test_an_item_failing_inside_the_model_fails_only_itself(
+        self, embedder: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # An item that passes validation but breaks the forward pass (e.g. a processor
+        # corner case): the batch is retried item by item.
+        poison = _image(99)
+        real = embedder._image_vectors
+
+        def flaky(images: list[np.ndarray]) -> list[np.ndarray]:
+            if any(image is poison for image in images):
+                raise RuntimeError("model blew up on this image")
+            return real(images)
+
+        monkeypatch.setattr(embedder, "_image_vectors", flaky)
+        results = await _gather(
+            [
+                embedder.embed_image(_image(1)),
+                embedder.embed_image(poison),
+                embedder.embed_image(_image(2)),
+            ]
+        )
+        assert isinstance(results[1], RuntimeError)
+        assert isinstance(results[0], np.ndarray) and isinstance(results[2], np.ndarray)
+
+    async def test_batch_size_changes_through_user_config(self, embedder: Any) -> None:
+        embedder.reconfigure({"image": {"max_batch_size": 2, "batch_wait_timeout_s": 0.2}})
+        try:
+            with _CallCounter(embedder, "_image_vectors") as counter:
+                await asyncio.gather(*(embedder.embed_image(_image(s)) for s in range(6)))
+            assert counter.calls == 3
+            assert embedder.info().batching.image.max_batch_size == 2
+        finally:
+            embedder.reconfigure({})
+        with pytest.raises(ValueError):
+            embedder.reconfigure({"image": {"max_batch_size": 0}})
+
+    async def test_health_check_runs_the_model(
+        self, embedder: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        embedder._liveness._last_ok = 0.0
+        await embedder.check_health()
+
+        def broken(texts: list[str]) -> list[np.ndarray]:
+            raise RuntimeError("weights corrupted")
+
+        monkeypatch.setattr(embedder, "_text_vectors", broken)
+        embedder._liveness._last_ok = 0.0
+        with pytest.raises(RuntimeError, match="weights corrupted"):
+            await embedder.check_health()
+
+
+class TestCaptioner:
+    async def test_captions_are_deterministic_and_same_alone_or_batched(
+        self, captioner: Any
+    ) -> None:
+        images = [_image(seed, 30 + 5 * seed, 60) for seed in range(5)]
+        alone = [await captioner.caption(image) for image in images]
+        again = [await captioner.caption(image) for image in images]
+        with _CallCounter(captioner, "_generate") as counter:
+            batched = await asyncio.gather(*(captioner.caption(image) for image in images))
+        assert 1 <= counter.calls < len(images)
+        assert alone == again == list(batched)
+        assert all(isinstance(caption, str) and caption for caption in alone)
+
+    async def test_prompt_and_generation_settings(self, tiny_blip_dir: Path) -> None:
+        settings = CaptionerSettings(
+            model=ModelSettings(model_id=str(tiny_blip_dir), dtype="float32"),
+            max_new_tokens=3,
+            num_beams=2,
+            prompt="a photo of",
+        )
+        prompted = BlipCaptioner(settings)
+        caption = await prompted.caption(_image(5))
+        # BLIP continues the prompt; at most max_new_tokens word pieces follow it.
+        assert caption.startswith("a photo of")
+        assert prompted.info().model_id == str(tiny_blip_dir)
+
+    async def test_a_bad_item_fails_only_its_own_request(self, captioner: Any) -> None:
+        results = await _gather(
+            [
+                captioner.caption(_image(1)),
+                captioner.caption(np.zeros((5000, 4, 3), np.uint8)),
+                captioner.caption(_image(2)),
+                captioner.caption("not an image"),
+            ]
+        )
+        assert isinstance(results[1], InvalidModelInput)
+        assert isinstance(results[3], InvalidModelInput)
+        assert isinstance(results[0], str) and isinstance(results[2], str)
+
+    async def test_generation_settings_are_validated(self, tiny_blip_dir: Path) -> None:
+        with pytest.raises(ValueError):
+            CaptionerSettings.model_validate({"model": {"model_id": "x"}, "max_new_tokens": 0})
+
+
+class _CallCounter:
+    """Counts forward passes by wrapping the instance's model method."""
+
+    def __init__(self, instance: Any, method: str) -> None:
+        self.calls = 0
+        real = getattr(instance, method)
+
+        def counted(items: list[Any]) -> Any:
+            self.calls += 1
+            return real(items)
+
+        setattr(instance, method, counted)
+        self._restore = lambda: delattr(instance, method)
+
+    def __enter__(self) -> _CallCounter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
