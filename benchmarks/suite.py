@@ -623,7 +623,7 @@ async def recall_at_10(path: Path, table_name: str, queries: np.ndarray) -> floa
     over every row in the table."""
     import lancedb
 
-    from ingress.stores.lancedb.store import LanceDBVectorStore
+    from ingress.stores.lancedb import LanceDBVectorStore
 
     db = await lancedb.connect_async(path)
     table = await db.open_table(table_name)
@@ -898,7 +898,7 @@ def kept_notes(path: Path) -> str:
 async def served_part(
     results: Results, mode: Mode, blip: Path, clip: Path, scratch: Path, config: Path
 ) -> None:
-    from ingress.stores.lancedb.store import LanceDBVectorStore
+    from ingress.stores.lancedb import LanceDBVectorStore
 
     raw_args, options = serve_layout(config)
     data_dir = scratch / "data"

@@ -1,5 +1,6 @@
 """What both model deployments share around `@serve.batch`: per-item failure isolation,
-batch settings changed through `user_config`, input validation and liveness."""
+batch settings changed through `user_config` and liveness (input validation is in
+deployments.contracts, which callers import too)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import numpy as np
-
 from deployments.settings import BatchSettings
 
 logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-
-# The ingress sends images already decoded and shrunk; anything bigger is a caller bug
-# and would waste a batch slot on a huge tensor.
-MAX_IMAGE_SIDE = 1024
-MAX_TEXT_CHARS = 2000
-
-
-class InvalidModelInput(ValueError):
-    """An item a model deployment refuses before it joins a batch."""
 
 
 def apply_batch_settings(batch_method: Any, settings: BatchSettings) -> None:
@@ -78,32 +68,6 @@ def unwrap(outcome: Out | Exception) -> Out:
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
-
-
-def validate_image_array(image: Any) -> np.ndarray:
-    """A compact RGB image: uint8, HxWx3, both sides within MAX_IMAGE_SIDE."""
-    if not isinstance(image, np.ndarray):
-        raise InvalidModelInput(f"expected a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidModelInput(
-            f"expected a uint8 HxWx3 RGB array, got {image.dtype} {tuple(image.shape)}"
-        )
-    height, width = image.shape[:2]
-    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
-        raise InvalidModelInput(
-            f"image sides must be within 1..{MAX_IMAGE_SIDE}, got {width}x{height}"
-        )
-    return image
-
-
-def validate_text(text: Any) -> str:
-    if not isinstance(text, str):
-        raise InvalidModelInput(f"expected a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidModelInput("text is empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise InvalidModelInput(f"text longer than {MAX_TEXT_CHARS} characters")
-    return text
 
 
 class Liveness:

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from ray import serve
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -19,24 +18,14 @@ from deployments.batching import (
     replica_tag,
     run_isolated,
     unwrap,
-    validate_image_array,
 )
+from deployments.contracts import CaptionerInfo, validate_image_array
 from deployments.fast_attention import use_sdpa_in_blip_vision
 from deployments.model_loading import load_pretrained
 from deployments.probe import probe_image
 from deployments.settings import BatchSettings, CaptionerSettings
 
 logger = logging.getLogger(__name__)
-
-
-class CaptionerInfo(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    model_id: str
-    device: str
-    dtype: str
-    replica: str
-    batching: BatchSettings
 
 
 class BlipCaptioner:

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from ray import serve
 from transformers import CLIPModel, CLIPProcessor
 
@@ -19,25 +18,13 @@ from deployments.batching import (
     replica_tag,
     run_isolated,
     unwrap,
-    validate_image_array,
-    validate_text,
 )
+from deployments.contracts import EmbedderInfo, validate_image_array, validate_text
 from deployments.model_loading import load_pretrained
 from deployments.probe import probe_image
 from deployments.settings import EmbedderBatching, EmbedderSettings
 
 logger = logging.getLogger(__name__)
-
-
-class EmbedderInfo(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    model_id: str
-    dim: int
-    device: str
-    dtype: str
-    replica: str
-    batching: EmbedderBatching
 
 
 class ClipEmbedder:

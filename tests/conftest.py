@@ -14,6 +14,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from tests.support.tiny_models import build_tiny_blip, build_tiny_clip
 
+# Each folder of tests is a tier with a marker of the same name: `-m unit`, or the path.
+TIERS = ("unit", "stores", "served", "repo")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
 
 @pytest.fixture(scope="session")
 def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -23,7 +23,7 @@ from ray.serve.exceptions import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.batching import InvalidModelInput
+from deployments.contracts import InvalidModelInput
 from ingress.core.errors import IntakeError
 from ingress.http.metrics import service_metrics
 from ingress.stores.base import (

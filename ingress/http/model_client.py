@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
-from deployments.embedder import EmbedderInfo
+from deployments.contracts import EmbedderInfo
 from ingress.http.errors import ModelTimeout
 from ingress.http.metrics import service_metrics
 

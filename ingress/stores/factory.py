@@ -26,8 +26,8 @@ async def open_stores(
         await vectors.close()
         raise
     if isinstance(storage.vectors, LanceDBArgs):
+        from ingress.stores.lancedb import LanceDBVectorStore
         from ingress.stores.lancedb.index import start_index_upkeep
-        from ingress.stores.lancedb.store import LanceDBVectorStore
 
         assert isinstance(vectors, LanceDBVectorStore)
         # Runs for the life of the replica process; see ingress.stores.lancedb.index.
@@ -39,7 +39,7 @@ async def open_vector_store(storage: StorageArgs, embedding_model: str, dim: int
     config = storage.vectors
     store: VectorStore
     if isinstance(config, LanceDBArgs):
-        from ingress.stores.lancedb.store import LanceDBVectorStore
+        from ingress.stores.lancedb import LanceDBVectorStore
 
         path = storage.lancedb_path(config)
         store = LanceDBVectorStore(path, embedding_model, dim, table_name=config.table)
@@ -70,7 +70,7 @@ def weaviate_options(config: WeaviateArgs) -> dict[str, Any]:
 
 
 def _weaviate(config: WeaviateArgs, embedding_model: str, dim: int) -> VectorStore:
-    from ingress.stores.weaviate.store import WeaviateVectorStore
+    from ingress.stores.weaviate import WeaviateVectorStore
 
     return WeaviateVectorStore.from_url(
         config.url, embedding_model, dim, **weaviate_options(config)

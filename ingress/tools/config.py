@@ -82,12 +82,12 @@ async def recorded_embedding(storage: StorageArgs) -> tuple[str, int]:
     StoreError when there is no such collection."""
     config = storage.vectors
     if isinstance(config, LanceDBArgs):
-        from ingress.stores.lancedb.store import LanceDBVectorStore
+        from ingress.stores.lancedb import LanceDBVectorStore
 
         return await LanceDBVectorStore.recorded_embedding(
             storage.lancedb_path(config), config.table
         )
-    from ingress.stores.weaviate.store import WeaviateVectorStore
+    from ingress.stores.weaviate import WeaviateVectorStore
 
     return await WeaviateVectorStore.recorded_embedding(config.url, **weaviate_options(config))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ingress.stores.base import BlobStore, VectorStore
-from ingress.stores.lancedb.store import LanceDBVectorStore
+from ingress.stores.lancedb import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
 from tests.stores.s3_backend import (
     moto_s3_endpoint,  # noqa: F401  (a fixture, for pytest)

@@ -16,8 +16,8 @@ import pytest
 from ingress.settings import IndexUpkeepArgs, StorageArgs
 from ingress.stores.factory import open_stores
 from ingress.stores.file_lock import FileLock
+from ingress.stores.lancedb import LanceDBVectorStore
 from ingress.stores.lancedb.index import IndexUpkeep, index_lock_path, upkeep_of
-from ingress.stores.lancedb.store import LanceDBVectorStore
 from ingress.stores.records import ImageRecord, IndexedImage
 
 DIM = 32

@@ -26,7 +26,7 @@ from ingress.stores.base import (
     EmbeddingMismatch,
     VectorStore,
 )
-from ingress.stores.lancedb.store import LanceDBVectorStore
+from ingress.stores.lancedb import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
 from ingress.stores.records import ImageFilter, ImageRecord, IndexedImage, SearchHit, blob_key_for
 from tests.stores.filter_cases import (

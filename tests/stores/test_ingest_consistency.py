@@ -17,7 +17,7 @@ from PIL import Image
 from ingress.core.imaging import DecodedImage, ImageLimits
 from ingress.core.service import ImageService
 from ingress.stores.base import StoreError
-from ingress.stores.lancedb.store import LanceDBVectorStore
+from ingress.stores.lancedb import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
 from ingress.stores.records import blob_key_for, image_id_for
 

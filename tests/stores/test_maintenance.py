@@ -22,11 +22,11 @@ from ingress.core.imaging import ImageLimits
 from ingress.core.service import ImageService
 from ingress.settings import LanceDBArgs, StorageArgs, WeaviateArgs
 from ingress.stores.base import BlobStore, StoreError
-from ingress.stores.lancedb.store import LanceDBVectorStore
+from ingress.stores.lancedb import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
 from ingress.stores.records import ImageRecord, IndexedImage, blob_key_for, image_id_for
 from ingress.stores.s3_blobs import S3BlobStore
-from ingress.stores.weaviate.store import WeaviateVectorStore
+from ingress.stores.weaviate import WeaviateVectorStore
 from ingress.tools.config import recorded_embedding
 from ingress.tools.maintenance import (
     EXIT_CLEAN,

@@ -28,7 +28,7 @@ from deployments.settings import CaptionerSettings, EmbedderSettings
 from ingress.core.imaging import DecodedImage, ImageLimits, decode_image
 from ingress.core.service import ImageService
 from ingress.stores.base import BlobStore, StoreError
-from ingress.stores.lancedb.store import LanceDBVectorStore
+from ingress.stores.lancedb import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
 from ingress.stores.records import ImageRecord
 from ingress.stores.s3_blobs import S3BlobStore

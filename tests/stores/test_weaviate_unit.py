@@ -54,7 +54,7 @@ from ingress.stores.base import (
     VectorStore,
 )
 from ingress.stores.records import ImageFilter, ImageRecord, IndexedImage, image_id_for
-from ingress.stores.weaviate.store import (
+from ingress.stores.weaviate import (
     WeaviateVectorStore,
     canonical_uuid,
     collection_config,

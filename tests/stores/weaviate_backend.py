@@ -19,7 +19,7 @@ import pytest
 import weaviate
 from weaviate.classes.init import Auth
 
-from ingress.stores.weaviate.store import WeaviateVectorStore
+from ingress.stores.weaviate import WeaviateVectorStore
 
 WEAVIATE_SKIP_REASON = (
     "WEAVIATE_URL is not set: no Weaviate server can run on these machines (no Docker, "

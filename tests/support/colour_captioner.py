@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.batching import replica_tag, validate_image_array
-from deployments.captioner import CaptionerInfo
+from deployments.batching import replica_tag
+from deployments.contracts import CaptionerInfo, validate_image_array
 from deployments.settings import BatchSettings
 
 MODEL_ID = "test/colour-captioner"

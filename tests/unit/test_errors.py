@@ -7,7 +7,7 @@ from ray.exceptions import ActorDiedError
 from ray.serve._private.common import DeploymentID
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from deployments.batching import InvalidModelInput
+from deployments.contracts import InvalidModelInput
 from ingress.core.errors import FetchTimeout, ForbiddenAddress, UnsupportedMediaType
 from ingress.http.errors import ModelTimeout, to_api_error
 from ingress.stores.base import (

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from deployments.batching import BatchSettings
-from deployments.embedder import EmbedderBatching, EmbedderInfo
+from deployments.contracts import EmbedderInfo
+from deployments.settings import EmbedderBatching
 from ingress.http import model_client
 from ingress.http.model_client import ServedModels
 

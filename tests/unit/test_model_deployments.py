@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.batching import InvalidModelInput
 from deployments.captioner import BlipCaptioner
+from deployments.contracts import InvalidModelInput
 from deployments.embedder import ClipEmbedder
 from deployments.settings import CaptionerSettings, EmbedderSettings, ModelSettings
 from tests.support.tiny_models import TINY_DIM

@@ -22,7 +22,7 @@ from ingress.core.ranking import RankedHit
 from ingress.core.service import ImageService, SearchOptions
 from ingress.http.errors import ApiError
 from ingress.settings import SearchArgs
-from ingress.stores.lancedb.store import LanceDBVectorStore
+from ingress.stores.lancedb import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
 from ingress.stores.records import ImageFilter, ImageRecord, IndexedImage, Page, SearchHit
 

@@ -32,7 +32,7 @@ from ingress.settings import IndexUpkeepArgs
 from ingress.stores.file_lock import FileLock
 
 if TYPE_CHECKING:
-    from ingress.stores.lancedb.store import LanceDBVectorStore
+    from ingress.stores.lancedb import LanceDBVectorStore
 
 logger = logging.getLogger("ingress.stores.index")
 
