@@ -1,4 +1,5 @@
-"""The application builder that serve_config.yaml points at (`ingress.app:build_app`).
+"""The application builder that serve_config.yaml points at (`ingress.app:build_app`),
+and the one place that builds the service's objects from its settings.
 
 No `from __future__ import annotations` here: Ray Serve reads the builder's parameter
 annotation at run time to validate `args:` against AppArgs.
@@ -8,11 +9,17 @@ import logging
 
 from ray.serve import Application
 from ray.serve.deployment import Deployment
+from ray.serve.handle import DeploymentHandle
 
-from deployments.captioner import Captioner
-from deployments.embedder import Embedder
-from ingress.http.deployment import Ingress
-from ingress.settings import AppArgs
+from ingress.core.fetch import FetchPolicy, SafeFetcher
+from ingress.core.imaging import ImageLimits
+from ingress.core.service import ImageService
+from ingress.core.thumbnails import Thumbnailer
+from ingress.http.access import keyring_for, limiter_for
+from ingress.http.model_client import ServedModels
+from ingress.http.runtime import Runtime
+from ingress.settings import AppArgs, IntakeArgs, S3Args, ThumbnailArgs, UrlFetchArgs
+from ingress.stores.factory import open_stores
 
 logger = logging.getLogger("ingress.app")
 
@@ -24,10 +31,79 @@ def build_app(args: AppArgs) -> Application:
 
 def compose(
     args: AppArgs,
-    captioner: Deployment = Captioner,
-    embedder: Deployment = Embedder,
-    ingress: Deployment = Ingress,
+    captioner: Deployment | None = None,
+    embedder: Deployment | None = None,
+    ingress: Deployment | None = None,
 ) -> Application:
     """The graph with replaceable deployment options (tests run replicas at num_cpus 0)."""
+    # Imported here, not at the top: the Ingress replica imports this module for
+    # `assemble`, and must not load torch and transformers, which only the model
+    # deployments run.
+    from deployments.captioner import Captioner
+    from deployments.embedder import Embedder
+    from ingress.http.deployment import Ingress
+
     args = args.with_absolute_paths()
-    return ingress.bind(captioner.bind(args.captioner), embedder.bind(args.embedder), args)
+    return (ingress or Ingress).bind(
+        (captioner or Captioner).bind(args.captioner),
+        (embedder or Embedder).bind(args.embedder),
+        args,
+        assemble,
+    )
+
+
+async def assemble(
+    args: AppArgs, captioner: DeploymentHandle, embedder: DeploymentHandle
+) -> Runtime:
+    """Everything one Ingress replica serves with, from its arguments."""
+    # Before any await: a missing or malformed key variable fails the replica at once.
+    keyring = keyring_for(args.auth)
+    limiter = limiter_for(args.rate_limit)
+    models = await ServedModels.connect(captioner, embedder, args.model_timeout_s)
+    vectors, blobs = await open_stores(args.storage, models.embedding_model, models.embedding_dim)
+    limits = image_limits(args.intake)
+    blobs_config = args.storage.blobs
+    return Runtime(
+        args=args,
+        models=models,
+        service=ImageService(models, vectors, blobs, limits, args.search),
+        fetcher=SafeFetcher(fetch_policy(args.url_fetch, args.intake.max_upload_bytes)),
+        thumbnails=thumbnailer(args.thumbnails, limits),
+        keyring=keyring,
+        limiter=limiter,
+        redirect_content=isinstance(blobs_config, S3Args) and blobs_config.presigned_redirect,
+        presign_expiry_s=getattr(blobs_config, "presign_expiry_s", 0),
+    )
+
+
+def image_limits(intake: IntakeArgs) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=intake.max_upload_bytes,
+        max_pixels=intake.max_pixels,
+        max_frames=intake.max_frames,
+        model_side=intake.model_image_side,
+    )
+
+
+def fetch_policy(url_fetch: UrlFetchArgs, max_bytes: int) -> FetchPolicy:
+    return FetchPolicy(
+        allow_private_addresses=url_fetch.allow_private_addresses,
+        allowed_networks=tuple(url_fetch.allowed_networks),
+        connect_timeout_s=url_fetch.connect_timeout_s,
+        read_timeout_s=url_fetch.read_timeout_s,
+        total_timeout_s=url_fetch.total_timeout_s,
+        max_bytes=max_bytes,
+        max_redirects=url_fetch.max_redirects,
+    )
+
+
+def thumbnailer(thumbnails: ThumbnailArgs, limits: ImageLimits) -> Thumbnailer:
+    return Thumbnailer(
+        thumbnails.sizes,
+        thumbnails.default_size,
+        limits,
+        fmt=thumbnails.format,
+        quality=thumbnails.quality,
+        cache_bytes=thumbnails.cache_bytes,
+        max_concurrent=thumbnails.max_concurrent,
+    )

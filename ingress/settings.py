@@ -1,6 +1,8 @@
 """The application's arguments: what `serve_config.yaml` may set under `args:`.
 
 Unknown keys fail the deployment at load with pydantic's message naming the key.
+Pydantic models only: what they configure is built in ingress.app, so reading a
+configuration loads no FastAPI, Ray or model code.
 """
 
 from __future__ import annotations
@@ -8,15 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.settings import CaptionerSettings, EmbedderSettings
-from ingress.core.fetch import FetchPolicy
-from ingress.core.imaging import ImageLimits
-from ingress.core.thumbnails import Thumbnailer, ThumbnailFormat
-from ingress.http.access import AuthArgs, RateLimitArgs
 
 MiB = 1024 * 1024
+
+DEFAULT_KEYS_ENV = "IMAGESEARCH_API_KEYS"
+DEFAULT_HEADER = "X-API-Key"
+
+ThumbnailFormat = Literal["webp", "jpeg"]
 
 
 class _Strict(BaseModel):
@@ -109,14 +112,6 @@ class IntakeArgs(_Strict):
     max_tags: int = Field(default=20, ge=0, le=200)
     max_tag_chars: int = Field(default=64, ge=1, le=256)
 
-    def image_limits(self) -> ImageLimits:
-        return ImageLimits(
-            max_bytes=self.max_upload_bytes,
-            max_pixels=self.max_pixels,
-            max_frames=self.max_frames,
-            model_side=self.model_image_side,
-        )
-
 
 class UrlFetchArgs(_Strict):
     # Off by default: a public service must not fetch from its own network.
@@ -126,17 +121,6 @@ class UrlFetchArgs(_Strict):
     read_timeout_s: float = Field(default=10.0, gt=0)
     total_timeout_s: float = Field(default=30.0, gt=0)
     max_redirects: int = Field(default=3, ge=0, le=10)
-
-    def policy(self, max_bytes: int) -> FetchPolicy:
-        return FetchPolicy(
-            allow_private_addresses=self.allow_private_addresses,
-            allowed_networks=tuple(self.allowed_networks),
-            connect_timeout_s=self.connect_timeout_s,
-            read_timeout_s=self.read_timeout_s,
-            total_timeout_s=self.total_timeout_s,
-            max_bytes=max_bytes,
-            max_redirects=self.max_redirects,
-        )
 
 
 class SearchArgs(_Strict):
@@ -191,16 +175,48 @@ class ThumbnailArgs(_Strict):
             raise ValueError(f"default_size {self.default_size} must be one of sizes {self.sizes}")
         return self
 
-    def thumbnailer(self, limits: ImageLimits) -> Thumbnailer:
-        return Thumbnailer(
-            self.sizes,
-            self.default_size,
-            limits,
-            fmt=self.format,
-            quality=self.quality,
-            cache_bytes=self.cache_bytes,
-            max_concurrent=self.max_concurrent,
-        )
+
+class AuthArgs(BaseModel):
+    """API keys with `read` and `write` scopes; off by default for local use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    keys_env: str = Field(
+        default=DEFAULT_KEYS_ENV,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="Environment variable holding the `name:scopes:key` entries.",
+    )
+    header: str = Field(
+        default=DEFAULT_HEADER,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="Request header carrying the key; `Authorization: Bearer` works too.",
+    )
+
+    @field_validator("header")
+    @classmethod
+    def _not_authorization(cls, value: str) -> str:
+        if value.lower() == "authorization":
+            raise ValueError(
+                "`Authorization: Bearer <key>` is always accepted; name another header"
+            )
+        return value
+
+
+class RateLimitArgs(BaseModel):
+    """Token bucket per API key (or per client address without keys).
+
+    Limits are per ingress replica: with N replicas a client may get N times the rate.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    requests_per_s: float = Field(default=10, gt=0, description="Sustained rate per client.")
+    burst: int = Field(default=20, ge=1, description="Requests allowed at once after a pause.")
+    max_clients: int = Field(
+        default=10_000, ge=1, description="Buckets kept; the least recently seen go first."
+    )
 
 
 class AppArgs(_Strict):

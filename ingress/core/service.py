@@ -18,9 +18,9 @@ from typing import Literal, Protocol
 import numpy as np
 
 from ingress.core import ranking
+from ingress.core.errors import BadCursor, NotFound
 from ingress.core.imaging import DecodedImage, ImageLimits, decode_image
 from ingress.core.ranking import RankedHit
-from ingress.http.errors import ApiError
 from ingress.settings import SearchArgs
 from ingress.stores.base import BlobStore, VectorStore
 from ingress.stores.records import (
@@ -89,10 +89,6 @@ class SearchOutcome:
 
 # A store search for up to n candidates, best first.
 _Fetch = Callable[[int], Awaitable[list[RankedHit]]]
-
-
-def not_found(image_id: str) -> ApiError:
-    return ApiError(404, "not_found", f"no image with id {image_id!r}")
 
 
 class ImageService:
@@ -187,7 +183,7 @@ class ImageService:
     async def get(self, image_id: str) -> ImageRecord:
         record = await self.vectors.get(image_id)
         if record is None:
-            raise not_found(image_id)
+            raise NotFound(image_id)
         return record
 
     async def list(
@@ -196,20 +192,20 @@ class ImageService:
         try:
             page = await self.vectors.list(limit, cursor, filters)
         except ValueError as exc:
-            raise ApiError(400, "bad_cursor", str(exc)) from exc
+            raise BadCursor(str(exc)) from exc
         return page, await self.vectors.count(filters)
 
     async def update_tags(self, image_id: str, tags: Sequence[str]) -> ImageRecord:
         record = await self.vectors.update_tags(image_id, tags)
         if record is None:
-            raise not_found(image_id)
+            raise NotFound(image_id)
         logger.info("tags of %s set to %s", image_id, list(tags))
         return record
 
     async def delete(self, image_id: str) -> None:
         record = await self.vectors.get(image_id)
         if record is None:
-            raise not_found(image_id)
+            raise NotFound(image_id)
         # Record first: a failure between the two steps leaves an unreferenced blob,
         # never a record without its image.
         await self.vectors.delete(image_id)
@@ -242,7 +238,7 @@ class ImageService:
         started = time.perf_counter()
         vector = await self.vectors.get_vector(image_id)
         if vector is None:
-            raise not_found(image_id)
+            raise NotFound(image_id)
 
         async def fetch(n: int) -> list[RankedHit]:
             # One more: the image itself is usually the first hit.

@@ -12,16 +12,14 @@ import io
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from PIL import Image
 
+from ingress.core.errors import InvalidRequest
 from ingress.core.imaging import ImageLimits, decode_image
-from ingress.http.errors import ApiError
+from ingress.settings import ThumbnailFormat
 from ingress.stores.base import BlobStore
 from ingress.stores.records import ImageRecord
-
-ThumbnailFormat = Literal["webp", "jpeg"]
 
 CONTENT_TYPES: dict[str, str] = {"webp": "image/webp", "jpeg": "image/jpeg"}
 _PIL_FORMATS: dict[str, str] = {"webp": "WEBP", "jpeg": "JPEG"}
@@ -156,7 +154,7 @@ class Thumbnailer:
             return self.default_size
         if requested not in self.sizes:
             offered = ", ".join(str(s) for s in self.sizes)
-            raise ApiError(422, "validation_error", f"size must be one of {offered}")
+            raise InvalidRequest(f"size must be one of {offered}")
         return requested
 
     def etag(self, sha256: str, size: int) -> str:

@@ -45,10 +45,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingress.http.asgi_errors import send_json_error
+from ingress.settings import DEFAULT_HEADER, DEFAULT_KEYS_ENV, AuthArgs, RateLimitArgs
 
 logger = logging.getLogger("ingress.http.access")
 
@@ -56,8 +56,6 @@ READ = "read"
 WRITE = "write"
 SCOPES = frozenset({READ, WRITE})
 
-DEFAULT_KEYS_ENV = "IMAGESEARCH_API_KEYS"
-DEFAULT_HEADER = "X-API-Key"
 
 # Paths that need no key: probes and the API documentation.
 OPEN_PATHS = frozenset(
@@ -83,66 +81,6 @@ _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # POST routes that only read: the searches and the stateless embed-image.
 _READ_POST_PREFIXES = ("/search/", "/images/search/")
 _READ_POST_PATHS = frozenset({"/image/search/url", "/embed-image"})
-
-
-# -- settings -------------------------------------------------------------------------
-
-
-class AuthArgs(BaseModel):
-    """API keys with `read` and `write` scopes; off by default for local use."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    keys_env: str = Field(
-        default=DEFAULT_KEYS_ENV,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
-        description="Environment variable holding the `name:scopes:key` entries.",
-    )
-    header: str = Field(
-        default=DEFAULT_HEADER,
-        pattern=r"^[A-Za-z0-9-]{1,64}$",
-        description="Request header carrying the key; `Authorization: Bearer` works too.",
-    )
-
-    @field_validator("header")
-    @classmethod
-    def _not_authorization(cls, value: str) -> str:
-        if value.lower() == "authorization":
-            raise ValueError(
-                "`Authorization: Bearer <key>` is always accepted; name another header"
-            )
-        return value
-
-    def keyring(self, environ: Mapping[str, str] | None = None) -> KeyRing | None:
-        """The keys from the environment when enabled; None when auth is off.
-
-        Raises ValueError when enabled and the variable is missing, empty or malformed.
-        """
-        if not self.enabled:
-            return None
-        return KeyRing.from_env(self.keys_env, header=self.header, environ=environ)
-
-
-class RateLimitArgs(BaseModel):
-    """Token bucket per API key (or per client address without keys).
-
-    Limits are per ingress replica: with N replicas a client may get N times the rate.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    requests_per_s: float = Field(default=10, gt=0, description="Sustained rate per client.")
-    burst: int = Field(default=20, ge=1, description="Requests allowed at once after a pause.")
-    max_clients: int = Field(
-        default=10_000, ge=1, description="Buckets kept; the least recently seen go first."
-    )
-
-    def limiter(self, clock: Callable[[], float] = time.monotonic) -> TokenBucketLimiter | None:
-        if not self.enabled:
-            return None
-        return TokenBucketLimiter(self.requests_per_s, self.burst, self.max_clients, clock)
 
 
 # -- keys -----------------------------------------------------------------------------
@@ -488,3 +426,21 @@ class AccessControl:
             except Exception:  # counting must never turn a refusal into a crash
                 logger.exception("on_reject hook failed")
         await send_json_error(send, status, code, message, headers)
+
+
+def keyring_for(args: AuthArgs, environ: Mapping[str, str] | None = None) -> KeyRing | None:
+    """The keys from the environment when auth is enabled; None when it is off.
+
+    Raises ValueError when enabled and the variable is missing, empty or malformed.
+    """
+    if not args.enabled:
+        return None
+    return KeyRing.from_env(args.keys_env, header=args.header, environ=environ)
+
+
+def limiter_for(
+    args: RateLimitArgs, clock: Callable[[], float] = time.monotonic
+) -> TokenBucketLimiter | None:
+    if not args.enabled:
+        return None
+    return TokenBucketLimiter(args.requests_per_s, args.burst, args.max_clients, clock)

@@ -1,18 +1,22 @@
 """The one place where exceptions become HTTP errors: `{"error": {"code", "message"}}`.
 
-Everything below the HTTP layer raises its own exceptions; this module maps them, so a
-client never sees a bare 500 or a stack trace.
+Everything below the HTTP layer raises its own exceptions (the domain's in
+ingress.core.errors, the stores', Ray's); this module maps them to a status and code,
+so a client never sees a bare 500 or a stack trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import (
     BackPressureError,
@@ -24,7 +28,21 @@ from ray.serve.exceptions import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.contracts import InvalidModelInput
-from ingress.core.errors import IntakeError
+from ingress.core.errors import (
+    BadCursor,
+    BadUrl,
+    DomainError,
+    FetchFailed,
+    FetchTimeout,
+    ForbiddenAddress,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    ModelTimeout,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from ingress.http.metrics import service_metrics
 from ingress.stores.base import (
     BlobNotFound,
@@ -50,10 +68,6 @@ class ApiError(Exception):
         return self.message
 
 
-class ModelTimeout(Exception):
-    """A model deployment did not answer within the configured time."""
-
-
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -65,12 +79,37 @@ _HTTP_CODES = {
 }
 
 
+# The status of each domain error; a subclass takes its nearest listed ancestor's.
+_DOMAIN_STATUS: dict[type[DomainError], int] = {
+    DomainError: 400,
+    InvalidRequest: 422,
+    NotFound: 404,
+    BadCursor: 400,
+    ModelTimeout: 504,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidImage: 400,
+    ImageTooLarge: 413,
+    BadUrl: 400,
+    ForbiddenAddress: 400,
+    FetchFailed: 502,
+    FetchTimeout: 504,
+}
+
+
+def _domain_status(exc: DomainError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _DOMAIN_STATUS:
+            return _DOMAIN_STATUS[cls]
+    return 400
+
+
 def to_api_error(exc: BaseException) -> ApiError:
     """Map any exception to the status and code a client should see."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, IntakeError):
-        return ApiError(exc.status, exc.code, exc.message)
+    if isinstance(exc, DomainError):
+        return ApiError(_domain_status(exc), exc.code, exc.message)
     if isinstance(exc, BackPressureError):
         # Ray Serve's own back-pressure: every replica is at max_ongoing_requests.
         return ApiError(
@@ -83,8 +122,6 @@ def to_api_error(exc: BaseException) -> ApiError:
             "a model deployment is unavailable; retry shortly",
             {"Retry-After": "5"},
         )
-    if isinstance(exc, ModelTimeout):
-        return ApiError(504, "model_timeout", str(exc))
     if isinstance(exc, InvalidModelInput):
         return ApiError(400, "invalid_model_input", str(exc))
     if isinstance(exc, EmbeddingMismatch):
@@ -110,8 +147,7 @@ def to_api_error(exc: BaseException) -> ApiError:
 
 _KNOWN_FAMILIES: tuple[type[Exception], ...] = (
     ApiError,
-    IntakeError,
-    ModelTimeout,
+    DomainError,
     InvalidModelInput,
     StoreError,
     RayError,
@@ -127,8 +163,22 @@ def error_response(error: ApiError) -> JSONResponse:
     )
 
 
-def _count(error: ApiError) -> None:
-    service_metrics().errors.inc(tags={"status": str(error.status), "code": error.code})
+def count_error(status: int, code: str) -> None:
+    """Every error answer is counted by status and code, whoever sends it."""
+    service_metrics().errors.inc(tags={"status": str(status), "code": code})
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one line a client can act on: `where: what; ...`."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or 'body'}: {err['msg']}" for err in errors
+    )
+    return problems or "invalid request"
+
+
+def invalid(exc: ValidationError) -> ApiError:
+    """A body or form the route validated itself, answered as FastAPI answers its own."""
+    return ApiError(422, "validation_error", validation_message(exc.errors()))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -136,21 +186,18 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         error = ApiError(exc.status_code, code, str(exc.detail))
-        _count(error)
+        count_error(error.status, error.code)
         return error_response(error)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        error = ApiError(422, "validation_error", problems or "invalid request")
-        _count(error)
+        error = ApiError(422, "validation_error", validation_message(exc.errors()))
+        count_error(error.status, error.code)
         return error_response(error)
 
     async def on_any_error(request: Request, exc: Exception) -> JSONResponse:
         error = to_api_error(exc)
-        _count(error)
+        count_error(error.status, error.code)
         if error.status >= 500:
             # The operator needs the cause; the client gets only the code and message.
             logger.error(

@@ -11,7 +11,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from deployments.contracts import EmbedderInfo
-from ingress.http.errors import ModelTimeout
+from ingress.core.errors import ModelTimeout
 from ingress.http.metrics import service_metrics
 
 # Query texts whose vectors an ingress replica remembers (~2 KiB each at dim 512): the

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from ingress.app import image_limits
 from ingress.core.errors import IntakeError
 from ingress.core.imaging import ImageLimits, decode_image
 from ingress.settings import AppArgs, LanceDBArgs, StorageArgs
@@ -385,7 +386,7 @@ async def run_captions(
                 vectors,
                 blobs,
                 captioner,
-                args.intake.image_limits(),
+                image_limits(args.intake),
                 state,
                 all_records=all_records,
                 batch_size=batch_size,
@@ -582,7 +583,7 @@ async def run_vectors(
                 target,
                 blobs,
                 embedder,
-                args.intake.image_limits(),
+                image_limits(args.intake),
                 state,
                 batch_size=batch_size,
                 state_path=path,

@@ -42,7 +42,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from yarl import URL
 
-from ingress.http.deployment import app as api_app
+from ingress.http.api import api_routes
 from tests.support.served_app import deploy_graph, tiny_graph_args
 
 APP = "fuzz"
@@ -51,8 +51,9 @@ DEPENDENCY_ERRORS = frozenset({502, 503, 504})
 # Port 9 ("discard"): nothing listens there, and the default policy never dials it.
 LOOPBACK_URL = "http://127.0.0.1:9/fuzzed.jpg"
 
-# The operations, read from the same FastAPI app the replicas serve, so that a new route
-# is fuzzed (and shows up here) without editing this file.
+# The operations, read from the same FastAPI routes the replicas serve, so that a new
+# route is fuzzed (and shows up here) without editing this file.
+api_app = api_routes()
 OPERATIONS = sorted(
     (method.upper(), path)
     for path, item in api_app.openapi()["paths"].items()

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from ingress.core.errors import ImageTooLarge
+from ingress.app import thumbnailer as thumbnailer_for
+from ingress.core.errors import ImageTooLarge, InvalidRequest
 from ingress.core.imaging import ImageLimits
 from ingress.core.thumbnails import (
     Thumbnail,
@@ -26,7 +27,7 @@ from ingress.core.thumbnails import (
     etag_matches,
     make_thumbnail,
 )
-from ingress.http.errors import ApiError, to_api_error
+from ingress.http.errors import to_api_error
 from ingress.settings import AppArgs, ThumbnailArgs
 from ingress.stores.base import Blob, BlobNotFound
 from ingress.stores.local_blobs import LocalBlobStore
@@ -201,9 +202,10 @@ def test_sizes_are_a_fixed_list() -> None:
     t = thumbnailer()
     assert t.size_for(None) == 256
     assert t.size_for(128) == 128
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(InvalidRequest) as refused:
         t.size_for(200)
-    assert (refused.value.status, refused.value.code) == (422, "validation_error")
+    error = to_api_error(refused.value)
+    assert (error.status, error.code) == (422, "validation_error")
     assert "128, 256" in refused.value.message
     with pytest.raises(ValueError):
         Thumbnailer([128], 256, LIMITS)
@@ -289,7 +291,7 @@ async def test_missing_bytes_are_a_store_error(tmp_path: Path) -> None:
 
 def test_thumbnail_settings_are_checked_at_load() -> None:
     assert AppArgs().thumbnails == ThumbnailArgs()
-    made = ThumbnailArgs(sizes=[64, 200], default_size=64, format="jpeg").thumbnailer(LIMITS)
+    made = thumbnailer_for(ThumbnailArgs(sizes=[64, 200], default_size=64, format="jpeg"), LIMITS)
     assert (made.sizes, made.default_size, made.content_type) == ((64, 200), 64, "image/jpeg")
     bad: dict[str, Any]
     for bad in (

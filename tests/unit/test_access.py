@@ -14,15 +14,16 @@ from starlette.types import Message
 
 from ingress.http.access import (
     AccessControl,
-    AuthArgs,
     KeyRing,
     Principal,
-    RateLimitArgs,
     TokenBucketLimiter,
     _route_path,
+    keyring_for,
+    limiter_for,
     required_scope,
 )
 from ingress.http.asgi_errors import send_json_error
+from ingress.settings import AuthArgs, RateLimitArgs
 
 READER_KEY = "r3ad-only-key-0123456789abcdef"
 WRITER_KEY = "Wr1te_key.~+/=-0123456789ABCDEF"
@@ -117,13 +118,13 @@ def test_duplicate_names_and_keys_are_refused() -> None:
 def test_missing_or_empty_env_is_a_startup_error_naming_the_variable(value: str | None) -> None:
     environ = {} if value is None else {"TEAM_KEYS": value}
     with pytest.raises(ValueError, match="TEAM_KEYS"):
-        AuthArgs(enabled=True, keys_env="TEAM_KEYS").keyring(environ)
+        keyring_for(AuthArgs(enabled=True, keys_env="TEAM_KEYS"), environ)
 
 
 def test_auth_args() -> None:
-    assert AuthArgs().keyring({}) is None  # off by default: no variable needed
-    ring = AuthArgs(enabled=True, keys_env="TEAM_KEYS", header="X-Token").keyring(
-        {"TEAM_KEYS": KEYS}
+    assert keyring_for(AuthArgs(), {}) is None  # off by default: no variable needed
+    ring = keyring_for(
+        AuthArgs(enabled=True, keys_env="TEAM_KEYS", header="X-Token"), {"TEAM_KEYS": KEYS}
     )
     assert ring is not None and ring.header == "X-Token" and len(ring) == 3
     with pytest.raises(ValidationError):
@@ -136,13 +137,13 @@ def test_auth_args() -> None:
 
 def test_key_ring_reads_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGESEARCH_API_KEYS", KEYS)
-    ring = AuthArgs(enabled=True).keyring()
+    ring = keyring_for(AuthArgs(enabled=True))
     assert ring is not None and ring.names == ["reader", "writer", "reader2"]
 
 
 def test_rate_limit_args() -> None:
-    assert RateLimitArgs().limiter() is None
-    limiter = RateLimitArgs(enabled=True, requests_per_s=2, burst=3, max_clients=5).limiter()
+    assert limiter_for(RateLimitArgs()) is None
+    limiter = limiter_for(RateLimitArgs(enabled=True, requests_per_s=2, burst=3, max_clients=5))
     assert limiter is not None
     assert (limiter.rate, limiter.burst, limiter.max_clients) == (2.0, 3, 5)
     for bad in ({"requests_per_s": 0}, {"burst": 0}, {"max_clients": 0}, {"per_key": True}):
@@ -450,7 +451,9 @@ async def test_bearer_form_works(gate: Gate, client_for: ClientFactory, scheme: 
 
 
 async def test_configured_header_is_used(gate: Gate, client_for: ClientFactory) -> None:
-    gate.keyring = AuthArgs(enabled=True, header="X-Token").keyring({"IMAGESEARCH_API_KEYS": KEYS})
+    gate.keyring = keyring_for(
+        AuthArgs(enabled=True, header="X-Token"), {"IMAGESEARCH_API_KEYS": KEYS}
+    )
     async with client_for() as client:
         assert (await client.get("/images", headers={"X-Token": READER_KEY})).status_code == 200
         response = await client.get("/images", headers={"X-API-Key": READER_KEY})

@@ -8,8 +8,8 @@ from ray.serve._private.common import DeploymentID
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from deployments.contracts import InvalidModelInput
-from ingress.core.errors import FetchTimeout, ForbiddenAddress, UnsupportedMediaType
-from ingress.http.errors import ModelTimeout, to_api_error
+from ingress.core.errors import FetchTimeout, ForbiddenAddress, ModelTimeout, UnsupportedMediaType
+from ingress.http.errors import to_api_error
 from ingress.stores.base import (
     BlobNotFound,
     EmbeddingMismatch,

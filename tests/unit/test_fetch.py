@@ -27,6 +27,7 @@ from ingress.core.fetch import (
     is_forbidden_address,
     parse_ip_literal,
 )
+from ingress.http.errors import to_api_error
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"not really a png, the fetcher does not care" * 10
 PRIVATE_OK = FetchPolicy(allow_private_addresses=True)
@@ -526,7 +527,7 @@ async def test_upstream_error_status_fails(status: str, server: LoopbackServer, 
     server.routes["/"] = error
     with pytest.raises(FetchFailed, match=status.split()[0]) as info:
         await fetchers().fetch(server.url("/"))
-    assert info.value.status == 502
+    assert to_api_error(info.value).status == 502
 
 
 async def test_connection_refused_fails(fetchers) -> None:

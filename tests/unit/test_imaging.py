@@ -19,6 +19,7 @@ from ingress.core.errors import (
     UnsupportedMediaType,
 )
 from ingress.core.imaging import DecodedImage, ImageLimits, decode_image
+from ingress.http.errors import to_api_error
 
 SMALL = ImageLimits(model_side=128)
 
@@ -230,7 +231,7 @@ def test_broken_headers_of_accepted_formats_are_invalid(data: bytes) -> None:
 def test_foreign_formats_are_unsupported(data: bytes) -> None:
     with pytest.raises(UnsupportedMediaType) as info:
         decode_image(data, SMALL, declared_content_type="image/png")
-    assert info.value.status == 415
+    assert to_api_error(info.value).status == 415
     assert info.value.code == "unsupported_media_type"
 
 
@@ -252,7 +253,7 @@ def test_declared_pixel_count_is_checked_before_decoding(width: int, height: int
     # (InvalidImage), so ImageTooLarge shows the header check ran first.
     with pytest.raises(ImageTooLarge) as info:
         decode_image(png_declaring(width, height), ImageLimits())
-    assert info.value.status == 413
+    assert to_api_error(info.value).status == 413
 
 
 def test_pixel_cap_comes_from_limits() -> None:

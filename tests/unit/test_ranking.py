@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 from ingress.core import ranking
+from ingress.core.errors import NotFound
 from ingress.core.imaging import DecodedImage, ImageLimits
 from ingress.core.ranking import RankedHit
 from ingress.core.service import ImageService, SearchOptions
-from ingress.http.errors import ApiError
+from ingress.http.errors import to_api_error
 from ingress.settings import SearchArgs
 from ingress.stores.lancedb import LanceDBVectorStore
 from ingress.stores.local_blobs import LocalBlobStore
@@ -327,9 +328,9 @@ async def test_similar_leaves_the_query_image_out() -> None:
     assert "30" not in _ids(outcome.hits)
     assert _ids(outcome.hits)[0] == "31"
     assert len(outcome.hits) == 3
-    with pytest.raises(ApiError) as missing:
+    with pytest.raises(NotFound) as missing:
         await service.search_similar("nope", SearchOptions(limit=3))
-    assert missing.value.status == 404
+    assert to_api_error(missing.value).status == 404
 
 
 async def test_hybrid_finds_the_keyword_match_vector_search_ranks_last() -> None:
