@@ -15,8 +15,9 @@ from ingress.core.fetch import FetchPolicy, SafeFetcher
 from ingress.core.imaging import ImageLimits
 from ingress.core.service import ImageService
 from ingress.core.thumbnails import Thumbnailer
-from ingress.http.access import keyring_for, limiter_for
+from ingress.http.access import keyring_for
 from ingress.http.model_client import ServedModels
+from ingress.http.rate_limit import limiter_for
 from ingress.http.runtime import Runtime
 from ingress.settings import AppArgs, IntakeArgs, S3Args, ThumbnailArgs, UrlFetchArgs
 from ingress.stores.factory import open_stores

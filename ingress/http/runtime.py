@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from ingress.core.fetch import SafeFetcher
 from ingress.core.service import ImageService
 from ingress.core.thumbnails import Thumbnailer
-from ingress.http.access import KeyRing, TokenBucketLimiter
+from ingress.http.access import KeyRing
 from ingress.http.model_client import ServedModels
+from ingress.http.rate_limit import TokenBucketLimiter
 from ingress.settings import AppArgs
 
 

@@ -16,13 +16,12 @@ from ingress.http.access import (
     AccessControl,
     KeyRing,
     Principal,
-    TokenBucketLimiter,
     _route_path,
     keyring_for,
-    limiter_for,
     required_scope,
 )
 from ingress.http.asgi_errors import send_json_error
+from ingress.http.rate_limit import TokenBucketLimiter, limiter_for
 from ingress.settings import AuthArgs, RateLimitArgs
 
 READER_KEY = "r3ad-only-key-0123456789abcdef"
