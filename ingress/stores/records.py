@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -35,6 +37,15 @@ def source_domain_of(url: str | None) -> str | None:
         return None
     host = (host or "").rstrip(".").lower()
     return host or None
+
+
+def backfilled_source_domain(source_url: object, source_domain: object) -> str | None:
+    """The source_domain to write on a stored row made before the field existed: derived
+    from its source_url as a new record's is. None when there is nothing to write: the
+    row has one already, or its URL names no host."""
+    if source_domain is not None or not isinstance(source_url, str):
+        return None
+    return source_domain_of(source_url)
 
 
 class ImageRecord(BaseModel):
@@ -126,6 +137,31 @@ class SearchHit:
     # The record's stored vector (float32), so that callers can compare hits with each
     # other (near-duplicate collapsing) without another read.
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+# Which search produced hits: a vector (nearest neighbours) or a keyword (BM25) search.
+SearchKind = Literal["vector", "keyword"]
+
+
+def ranked_hits(
+    kind: SearchKind, found: Iterable[tuple[ImageRecord, float, np.ndarray]]
+) -> list[SearchHit]:
+    """A store's search results, (record, score, stored vector) each, as hits best first.
+    The score also fills the part that ``kind`` names (vector_score or keyword_score),
+    which hybrid ranking reads."""
+    hits = [
+        SearchHit(
+            record=record,
+            score=score,
+            vector_score=score if kind == "vector" else None,
+            keyword_score=score if kind == "keyword" else None,
+            vector=vector,
+        )
+        for record, score, vector in found
+    ]
+    # Backends return best first already; sorting makes "best first" independent of them.
+    hits.sort(key=lambda hit: hit.score, reverse=True)
+    return hits
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -37,6 +37,7 @@ from ingress.stores.base import (
     StoreTimeout,
     StoreUnavailable,
 )
+from ingress.stores.values import utc
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # S3's limit on the UTF-8 length of an object key.
@@ -155,7 +156,7 @@ class S3BlobStore:
     async def stat(self, key: str) -> BlobInfo | None:
         full = self._object_key(key)
         modified = await self._run(f"head of {key!r}", functools.partial(self._head_sync, full))
-        return None if modified is None else BlobInfo(key=key, modified_at=_utc(modified))
+        return None if modified is None else BlobInfo(key=key, modified_at=utc(modified))
 
     async def list_blobs(self) -> AsyncIterator[BlobInfo]:
         # A paginator makes no request until iterated; each page is one request, made
@@ -178,7 +179,8 @@ class S3BlobStore:
                     _validate_key(key)
                 except ValueError:
                     continue  # not a key put() could have written, e.g. a folder marker
-                yield BlobInfo(key=key, modified_at=_utc(obj["LastModified"]))
+                # botocore parses S3 timestamps as aware datetimes in its own tzutc.
+                yield BlobInfo(key=key, modified_at=utc(obj["LastModified"]))
 
     async def close(self) -> None:
         """Closes the connection pool; idempotent."""
@@ -362,11 +364,6 @@ def _display_endpoint(endpoint_url: str) -> str:
     except ValueError:
         return "<invalid endpoint>"
     return f"{parts.scheme}://{host}{port}"
-
-
-def _utc(dt: datetime) -> datetime:
-    # botocore parses S3 timestamps as aware datetimes in its own tzutc.
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
 def _error_code(e: bce.ClientError) -> str:

@@ -1025,9 +1025,9 @@ async def _legacy_table(path: Path, images: Sequence[IndexedImage], add_column: 
     import lancedb
     import pyarrow as pa
 
-    from ingress.stores.lancedb.store import _arrow_schema
+    from ingress.stores.lancedb.schema import arrow_schema
 
-    full = _arrow_schema(_MODEL, _DIM)
+    full = arrow_schema(_MODEL, _DIM)
     legacy = full.remove(full.get_field_index("source_domain"))
     rows = []
     for image in images:
