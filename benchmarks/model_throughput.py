@@ -4,9 +4,10 @@
     python benchmarks/model_throughput.py --clip openai/clip-vit-base-patch32 \
         --blip Salesforce/blip-image-captioning-base
 
-It runs the same methods the deployments run per batch (Embedder._image_vectors,
-Embedder._text_vectors, Captioner._generate) on plain instances, so the figures are the
-model bound that the served numbers are compared with. `--random-weights` builds the
+It runs the models' public batch API (ClipEmbedder.embed_images / embed_texts,
+BlipCaptioner.caption_many: the same math a served batch runs, on the same model thread)
+on plain instances, so the figures are the model bound that the served numbers are
+compared with. `--random-weights` builds the
 full-size architectures of the defaults with random weights (same FLOPs; for machines
 without a model hub).
 """
@@ -75,7 +76,7 @@ def bench_embedder(
         )
         label = str(embedder.placement.dtype).removeprefix("torch.")
         for batch in batches:
-            rate = measure(embedder._image_vectors, _images(batch), seconds)
+            rate = measure(embedder.embed_images, _images(batch), seconds)
             rows.append(Row("clip image", f"{dtype} ({label})", batch, rate))
         for batch in (1, max(batches)):
             texts = [f"a photo of a dog number {i} on the beach" for i in range(batch)]
@@ -84,7 +85,7 @@ def bench_embedder(
                     "clip text",
                     f"{dtype} ({label})",
                     batch,
-                    measure(embedder._text_vectors, texts, seconds),
+                    measure(embedder.embed_texts, texts, seconds),
                 )
             )
         del embedder
@@ -110,7 +111,7 @@ def bench_captioner(
         captioner.model.generation_config.min_new_tokens = max_new_tokens
         label = str(captioner.placement.dtype).removeprefix("torch.")
         for batch in batches:
-            rate = measure(captioner._generate, _images(batch), seconds)
+            rate = measure(captioner.caption_many, _images(batch), seconds)
             rows.append(Row("blip caption", f"{dtype} ({label})", batch, rate))
         del captioner
     return rows

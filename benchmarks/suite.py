@@ -38,7 +38,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -63,6 +62,7 @@ from deployments.embedder import ClipEmbedder
 from deployments.model_loading import resolve_placement
 from deployments.settings import EmbedderSettings, ModelSettings
 from ingress.settings import AppArgs, IndexUpkeepArgs, LanceDBArgs
+from tests.support.ports import free_port
 from tests.support.random_weights import save_random_blip, save_random_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def text_forward_ms(clip_dir: Path, num_threads: int | None, seconds: float) -> 
         EmbedderSettings(model=ModelSettings(model_id=str(clip_dir), num_threads=num_threads))
     )
     try:
-        rate = measure(embedder._text_vectors, ["a photo of a dog on the beach"], seconds)
+        rate = measure(embedder.embed_texts, ["a photo of a dog on the beach"], seconds)
     finally:
         torch.set_num_threads(before)
     return 1000.0 / rate
@@ -318,12 +318,6 @@ def upload(path: str, images: list[bytes]) -> Request:
         )
 
     return send
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_healthy(base_url: str, timeout_s: float) -> None:

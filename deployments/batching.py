@@ -1,6 +1,7 @@
-"""What both model deployments share around `@serve.batch`: per-item failure isolation,
-batch settings changed through `user_config` and liveness (input validation is in
-deployments.contracts, which callers import too)."""
+"""The pieces both model deployments are built from (deployments.model_runner puts them
+together): per-item failure isolation, batch settings changed through `user_config`,
+liveness and the model thread (input validation is in deployments.contracts, which
+callers import too)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ class ModelThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     def call(self, fn: Callable[..., Out], *args: Any) -> Out:
-        """Run on the model thread and wait (for start-up warm-ups)."""
+        """Run on the model thread and wait (start-up warm-ups, the public batch API)."""
         return self._executor.submit(fn, *args).result()
 
     async def run(self, fn: Callable[..., Out], *args: Any) -> Out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,42 +11,40 @@ import torch
 from ray import serve
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from deployments.batching import (
-    Liveness,
-    ModelThread,
-    apply_batch_settings,
-    current_batch_settings,
-    replica_tag,
-    run_isolated,
-    unwrap,
-)
+from deployments.batching import apply_batch_settings, current_batch_settings, unwrap
 from deployments.contracts import CaptionerInfo, validate_image_array
 from deployments.fast_attention import use_sdpa_in_blip_vision
-from deployments.model_loading import load_pretrained
+from deployments.model_runner import ModelRunner
 from deployments.probe import probe_image
 from deployments.settings import BatchSettings, CaptionerSettings
 
 logger = logging.getLogger(__name__)
 
 
-class BlipCaptioner:
-    """Captions one compact RGB image per call; calls are batched into one `generate`."""
+class BlipCaptioner(ModelRunner):
+    """Captions compact RGB images: one per Serve call (`caption`, calls batched into one
+    `generate`), or a list at once in-process (`caption_many`)."""
+
+    model: BlipForConditionalGeneration
+    processor: BlipProcessor
 
     def __init__(self, settings: CaptionerSettings | dict[str, Any] | None = None) -> None:
         self.settings = CaptionerSettings.model_validate(settings or {})
-        self.model, self.processor, self.placement = load_pretrained(
-            BlipForConditionalGeneration, BlipProcessor, self.settings.model
-        )
+        self._load_model(BlipForConditionalGeneration, BlipProcessor, self.settings.model)
         # Same attention math, one fused kernel: the vision encoder is most of a caption.
         use_sdpa_in_blip_vision(self.model)
-        self.model_id = self.settings.model.model_id
-        self._liveness = Liveness()
-        self._thread = ModelThread("captioner")
-        # Warm up now so that a broken model fails the replica at start, not a user
-        # request; on the model thread, so that its torch threads are ready too.
-        self._thread.call(self._generate, [probe_image()])
-        self._liveness.mark_ok()
+        self._start("captioner")
         logger.info("captioner ready: %s on %s", self.model_id, self.placement)
+
+    # -- the public batch API (in-process: tools, benchmarks) ------------------------------
+
+    def caption_many(self, images: Sequence[np.ndarray]) -> list[str]:
+        """The caption of each image, in order, from one `generate` on the model thread;
+        blocks until done. Every image is validated first (InvalidModelInput: nothing
+        runs); any failure fails the whole call."""
+        return self._forward(self._generate, [validate_image_array(image) for image in images])
+
+    # -- Serve -------------------------------------------------------------------------------
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         settings = BatchSettings.model_validate(user_config)
@@ -58,11 +57,14 @@ class BlipCaptioner:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def _caption_batch(self, images: list[np.ndarray]) -> list[str | Exception]:
-        # The forward pass runs off the event loop so the replica keeps queueing the next batch.
-        outcomes = await self._thread.run(run_isolated, self._generate, images)
-        if any(not isinstance(o, Exception) for o in outcomes):
-            self._liveness.mark_ok()
-        return outcomes
+        return await self._forward_isolated(self._generate, images)
+
+    def info(self) -> CaptionerInfo:
+        return CaptionerInfo(
+            **self._described(), batching=current_batch_settings(self._caption_batch)
+        )
+
+    # -- the math, on validated images -----------------------------------------------------
 
     def _generate(self, images: list[np.ndarray], max_new_tokens: int | None = None) -> list[str]:
         text = [self.settings.prompt] * len(images) if self.settings.prompt else None
@@ -79,21 +81,13 @@ class BlipCaptioner:
         captions = self.processor.batch_decode(tokens, skip_special_tokens=True)
         return [caption.strip() for caption in captions]
 
-    async def check_health(self) -> None:
-        if self._liveness.needs_probe():
-            # One token proves both towers work; a full caption would take the cores
-            # from the requests of an otherwise idle replica for a second.
-            await self._thread.run(self._generate, [probe_image(32)], 1)
-            self._liveness.mark_ok()
+    def _warm_up(self) -> None:
+        self._generate([probe_image()])
 
-    def info(self) -> CaptionerInfo:
-        return CaptionerInfo(
-            model_id=self.model_id,
-            device=str(self.placement.device),
-            dtype=str(self.placement.dtype).removeprefix("torch."),
-            replica=replica_tag(),
-            batching=current_batch_settings(self._caption_batch),
-        )
+    def _probe(self) -> None:
+        # One token proves both towers work; a full caption would take the cores from the
+        # requests of an otherwise idle replica for a second.
+        self._generate([probe_image(32)], 1)
 
 
 # Deployment defaults; serve_config.yaml overrides them per environment.

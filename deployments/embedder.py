@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,39 +11,46 @@ import torch
 from ray import serve
 from transformers import CLIPModel, CLIPProcessor
 
-from deployments.batching import (
-    Liveness,
-    ModelThread,
-    apply_batch_settings,
-    current_batch_settings,
-    replica_tag,
-    run_isolated,
-    unwrap,
-)
+from deployments.batching import apply_batch_settings, current_batch_settings, unwrap
 from deployments.contracts import EmbedderInfo, validate_image_array, validate_text
-from deployments.model_loading import load_pretrained
+from deployments.model_runner import ModelRunner
 from deployments.probe import probe_image
 from deployments.settings import EmbedderBatching, EmbedderSettings
 
 logger = logging.getLogger(__name__)
 
 
-class ClipEmbedder:
-    """Embeds compact RGB images and query texts into one L2-normalised float32 space."""
+class ClipEmbedder(ModelRunner):
+    """Embeds compact RGB images and query texts into one L2-normalised float32 space:
+    one per Serve call (`embed_image`, `embed_text`, each batched), or a list at once
+    in-process (`embed_images`, `embed_texts`)."""
+
+    model: CLIPModel
+    processor: CLIPProcessor
 
     def __init__(self, settings: EmbedderSettings | dict[str, Any] | None = None) -> None:
         self.settings = EmbedderSettings.model_validate(settings or {})
-        self.model, self.processor, self.placement = load_pretrained(
-            CLIPModel, CLIPProcessor, self.settings.model
-        )
-        self.model_id = self.settings.model.model_id
+        self._load_model(CLIPModel, CLIPProcessor, self.settings.model)
         config: Any = self.model.config
         self.dim = int(config.projection_dim)
         self._max_text_tokens = int(config.text_config.max_position_embeddings)
-        self._liveness = Liveness()
-        self._thread = ModelThread("embedder")
-        self._thread.call(self._probe)
+        self._start("embedder")
         logger.info("embedder ready: %s (dim %d) on %s", self.model_id, self.dim, self.placement)
+
+    # -- the public batch API (in-process: tools, benchmarks) ------------------------------
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The vector (float32, unit length, `dim` long) of each image, in order, from one
+        forward pass on the model thread; blocks until done. Every image is validated
+        first (InvalidModelInput: nothing runs); any failure fails the whole call."""
+        return self._forward(self._image_vectors, [validate_image_array(image) for image in images])
+
+    def embed_texts(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The vector of each text, as embed_images; texts longer than the model's
+        context are truncated."""
+        return self._forward(self._text_vectors, [validate_text(text) for text in texts])
+
+    # -- Serve -------------------------------------------------------------------------------
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         batching = EmbedderBatching.model_validate(user_config)
@@ -60,18 +68,23 @@ class ClipEmbedder:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def _image_batch(self, images: list[np.ndarray]) -> list[np.ndarray | Exception]:
-        return await self._run(self._image_vectors, images)
+        return await self._forward_isolated(self._image_vectors, images)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray | Exception]:
-        return await self._run(self._text_vectors, texts)
+        return await self._forward_isolated(self._text_vectors, texts)
 
-    async def _run(self, fn: Any, items: list[Any]) -> list[np.ndarray | Exception]:
-        # The forward pass runs off the event loop so the replica keeps queueing the next batch.
-        outcomes: list[np.ndarray | Exception] = await self._thread.run(run_isolated, fn, items)
-        if any(not isinstance(o, Exception) for o in outcomes):
-            self._liveness.mark_ok()
-        return outcomes
+    def info(self) -> EmbedderInfo:
+        return EmbedderInfo(
+            **self._described(),
+            dim=self.dim,
+            batching=EmbedderBatching(
+                image=current_batch_settings(self._image_batch),
+                text=current_batch_settings(self._text_batch),
+            ),
+        )
+
+    # -- the math, on validated items ------------------------------------------------------
 
     def _image_vectors(self, images: list[np.ndarray]) -> list[np.ndarray]:
         inputs = self.processor(images=images, return_tensors="pt")
@@ -92,28 +105,13 @@ class ClipEmbedder:
             features = self.model.get_text_features(**inputs).pooler_output
         return _normalised_rows(features)
 
+    def _warm_up(self) -> None:
+        self._probe()
+
     def _probe(self) -> None:
         # Both towers, so a broken tokenizer fails as loudly as a broken vision model.
         self._image_vectors([probe_image()])
         self._text_vectors(["a photo"])
-        self._liveness.mark_ok()
-
-    async def check_health(self) -> None:
-        if self._liveness.needs_probe():
-            await self._thread.run(self._probe)
-
-    def info(self) -> EmbedderInfo:
-        return EmbedderInfo(
-            model_id=self.model_id,
-            dim=self.dim,
-            device=str(self.placement.device),
-            dtype=str(self.placement.dtype).removeprefix("torch."),
-            replica=replica_tag(),
-            batching=EmbedderBatching(
-                image=current_batch_settings(self._image_batch),
-                text=current_batch_settings(self._text_batch),
-            ),
-        )
 
 
 # Deployment defaults; serve_config.yaml overrides them per environment.

@@ -29,7 +29,9 @@ class Counts:
         return self.finished - self.skipped
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`m:ss`, or `h:mm:ss` from an hour on. Also the ETA of ingress.tools.reindex: this
+    module imports the standard library only, and the client may not import the service."""
     whole = round(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
@@ -39,7 +41,7 @@ def _duration(seconds: float) -> str:
 def describe(counts: Counts, total: int, elapsed_s: float) -> str:
     rate = counts.worked / elapsed_s if elapsed_s > 0 else 0.0
     remaining = max(0, total - counts.finished)
-    eta = _duration(remaining / rate) if rate > 0 else "?"
+    eta = duration(remaining / rate) if rate > 0 else "?"
     parts = [
         f"{counts.finished}/{total}",
         f"{rate:.1f}/s",

@@ -19,7 +19,7 @@ from ingress.http.access import keyring_for
 from ingress.http.model_client import ServedModels
 from ingress.http.rate_limit import limiter_for
 from ingress.http.runtime import Runtime
-from ingress.settings import AppArgs, IntakeArgs, S3Args, ThumbnailArgs, UrlFetchArgs
+from ingress.settings import AppArgs, S3Args, ThumbnailArgs, UrlFetchArgs
 from ingress.stores.factory import open_stores
 
 logger = logging.getLogger("ingress.app")
@@ -62,7 +62,7 @@ async def assemble(
     limiter = limiter_for(args.rate_limit)
     models = await ServedModels.connect(captioner, embedder, args.model_timeout_s)
     vectors, blobs = await open_stores(args.storage, models.embedding_model, models.embedding_dim)
-    limits = image_limits(args.intake)
+    limits = ImageLimits.of(args.intake)
     blobs_config = args.storage.blobs
     return Runtime(
         args=args,
@@ -74,15 +74,6 @@ async def assemble(
         limiter=limiter,
         redirect_content=isinstance(blobs_config, S3Args) and blobs_config.presigned_redirect,
         presign_expiry_s=getattr(blobs_config, "presign_expiry_s", 0),
-    )
-
-
-def image_limits(intake: IntakeArgs) -> ImageLimits:
-    return ImageLimits(
-        max_bytes=intake.max_upload_bytes,
-        max_pixels=intake.max_pixels,
-        max_frames=intake.max_frames,
-        model_side=intake.model_image_side,
     )
 
 

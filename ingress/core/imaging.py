@@ -25,6 +25,7 @@ from ingress.core.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from ingress.settings import IntakeArgs
 
 MiB = 1024 * 1024
 
@@ -95,6 +96,16 @@ class ImageLimits:
         for name in ("max_bytes", "max_pixels", "max_frames", "model_side"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ImageLimits.{name} must be positive")
+
+    @classmethod
+    def of(cls, intake: IntakeArgs) -> ImageLimits:
+        """The limits `args.intake` sets, the same for the service and every tool."""
+        return cls(
+            max_bytes=intake.max_upload_bytes,
+            max_pixels=intake.max_pixels,
+            max_frames=intake.max_frames,
+            model_side=intake.model_image_side,
+        )
 
 
 @dataclass(frozen=True)

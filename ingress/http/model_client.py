@@ -36,7 +36,7 @@ class ServedModels:
         self.embedding_model = embedder_info.model_id
         self.embedding_dim = embedder_info.dim
         self._timeout_s = timeout_s
-        self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
     async def connect(
@@ -56,16 +56,16 @@ class ServedModels:
         return np.asarray(vector, dtype=np.float32)
 
     async def embed_text(self, text: str) -> np.ndarray:
-        cached = self._text_vectors.get(text)
+        cached = self._query_vectors.get(text)
         if cached is not None:
-            self._text_vectors.move_to_end(text)
+            self._query_vectors.move_to_end(text)
             return cached
         vector = np.array(await self._call(self._embedder, "embed_text", text), dtype=np.float32)
         # Shared between requests: nobody may change it in place.
         vector.setflags(write=False)
-        self._text_vectors[text] = vector
-        if len(self._text_vectors) > TEXT_CACHE_ENTRIES:
-            self._text_vectors.popitem(last=False)
+        self._query_vectors[text] = vector
+        if len(self._query_vectors) > TEXT_CACHE_ENTRIES:
+            self._query_vectors.popitem(last=False)
         return vector
 
     async def _call(self, handle: DeploymentHandle, method: str, arg: Any) -> Any:

@@ -4,6 +4,7 @@ Serve needs. Imports no Ray, no models and no store client until a store is name
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,6 +21,10 @@ from ingress.stores.factory import open_blob_store, open_vector_store, weaviate_
 # Keys or ids printed per list in a command's summary.
 SHOWN = 20
 
+# The exit statuses both tools give the same meaning (argparse exits 2 itself too).
+EXIT_USAGE = 2
+EXIT_STORE_FAILED = 3
+
 
 def run_command(main: Callable[[], int]) -> None:
     """Run a tool's `main` as a process: progress and per-item messages on stderr (the
@@ -27,6 +32,21 @@ def run_command(main: Callable[[], int]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ingress").setLevel(logging.INFO)
     sys.exit(main())
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --app: the serve config and the application a command reads (see
+    load_app_args)."""
+    parser.add_argument("--config", type=Path, required=True, help="a serve config YAML")
+    parser.add_argument(
+        "--app", help="application name in the config (default: its only application)"
+    )
+
+
+def usage_error(message: str) -> int:
+    """What is wrong, on stderr; the usage exit status."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 class ConfigError(Exception):

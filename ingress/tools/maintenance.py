@@ -30,21 +30,25 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from ingress.settings import StorageArgs
 from ingress.stores.base import BlobStore, StoreError, VectorStore
 from ingress.stores.records import blob_key_for, image_id_for
+from ingress.tools.config import EXIT_STORE_FAILED as EXIT_STORE_FAILED
+from ingress.tools.config import EXIT_USAGE as EXIT_USAGE
 from ingress.tools.config import (
     ConfigError,
     StoresUnavailable,
+    add_config_arguments,
     describe_storage,
     load_app_args,
     open_recorded_stores,
     print_keys,
     run_command,
+    usage_error,
     without_bucket_creation,
 )
+from ingress.tools.walk import record_pages
 
 logger = logging.getLogger("ingress.tools.maintenance")
 
@@ -54,8 +58,7 @@ _PAGE_SIZE = 500
 
 EXIT_CLEAN = 0
 EXIT_ORPHANS_REMAIN = 1
-EXIT_USAGE = 2
-EXIT_STORE_FAILED = 3
+# EXIT_USAGE (2) and EXIT_STORE_FAILED (3): ingress.tools.config's, shared with reindex.
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -108,15 +111,10 @@ async def find_orphans(
     # other way than from the bytes' hash).
     referenced: dict[str, list[str]] = {}
     records_seen = 0
-    cursor: str | None = None
-    while True:
-        page = await vectors.list(_PAGE_SIZE, cursor)
+    async for page in record_pages(vectors, _PAGE_SIZE):
         for record in page.records:
             referenced.setdefault(record.blob_key, []).append(record.id)
         records_seen += len(page.records)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
     logger.info("walked %d records", records_seen)
 
     report = OrphanReport([], [], min_age_s=min_age_s, records_seen=records_seen)
@@ -257,8 +255,7 @@ async def run_orphans(storage: StorageArgs, *, delete: bool, min_age_s: float) -
         async with open_recorded_stores(storage) as (vectors, blobs):
             return await _check(vectors, blobs, delete=delete, min_age_s=min_age_s)
     except StoresUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(str(e))
     except StoreError as e:
         logger.debug("store failure", exc_info=True)
         print(f"error: a store failed during the check: {e}", file=sys.stderr)
@@ -309,10 +306,7 @@ def _parser() -> argparse.ArgumentParser:
             "2: usage or configuration error; 3: a store failed during the check."
         ),
     )
-    orphans.add_argument("--config", type=Path, required=True, help="a serve config YAML")
-    orphans.add_argument(
-        "--app", help="application name in the config (default: its only application)"
-    )
+    add_config_arguments(orphans)
     orphans.add_argument(
         "--delete", action="store_true", help="remove the blobs without a record found"
     )
@@ -336,8 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         app_args = load_app_args(args.config, args.app)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(str(e))
     return asyncio.run(run_orphans(app_args.storage, delete=args.delete, min_age_s=args.min_age_s))
 
 

@@ -56,6 +56,15 @@ class Stores:
     blobs: BlobStore
     backend: str
 
+    @classmethod
+    def on(cls, root: Path, blobs: BlobStore | None = None, backend: str = "local") -> Stores:
+        """An ImageService over a LanceDB under root and blobs (default: a local directory
+        under root)."""
+        models = _Models()
+        vectors = LanceDBVectorStore(root / "lancedb", models.embedding_model, DIM)
+        blobs = blobs or LocalBlobStore(root / "blobs")
+        return cls(ImageService(models, vectors, blobs, ImageLimits()), vectors, blobs, backend)
+
     @property
     def local(self) -> bool:
         return self.backend == "local"
@@ -84,22 +93,18 @@ def age_local_blob(blobs: LocalBlobStore, key: str, seconds: float = 2 * HOUR) -
 
 @pytest.fixture(params=["local", "s3"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    models = _Models()
-    vectors = LanceDBVectorStore(tmp_path / "lancedb", models.embedding_model, DIM)
-    blobs: BlobStore
-    if request.param == "local":
-        blobs = LocalBlobStore(tmp_path / "blobs")
-    else:
+    blobs: BlobStore | None = None
+    if request.param == "s3":
         endpoint = request.getfixturevalue("moto_s3_endpoint")
         s3 = S3BlobStore(unique_bucket("maintenance"), endpoint_url=endpoint, create_bucket=True)
         await s3.ensure_bucket()
         blobs = s3
-    service = ImageService(models, vectors, blobs, ImageLimits())
+    stores = Stores.on(tmp_path, blobs, request.param)
     try:
-        yield Stores(service, vectors, blobs, request.param)
+        yield stores
     finally:
-        await vectors.close()
-        await blobs.close()
+        await stores.vectors.close()
+        await stores.blobs.close()
 
 
 async def add_images(stores: Stores, *seeds: int) -> list[str]:
@@ -154,10 +159,8 @@ async def test_a_fresh_unreferenced_blob_is_left_alone(stores: Stores) -> None:
 
 
 async def test_old_and_fresh_orphans_side_by_side(tmp_path: Path) -> None:
-    models = _Models()
-    vectors = LanceDBVectorStore(tmp_path / "lancedb", models.embedding_model, DIM)
-    blobs = LocalBlobStore(tmp_path / "blobs")
-    stores = Stores(ImageService(models, vectors, blobs, ImageLimits()), vectors, blobs, "local")
+    stores = Stores.on(tmp_path)
+    vectors, blobs = stores.vectors, stores.blobs
     try:
         await add_images(stores, 1, 2)
         old = await stores.put_orphan(10)
@@ -360,15 +363,12 @@ def write_config(path: Path, args: dict[str, Any], name: str = "imagesearch") ->
 
 async def filled_data_dir(data_dir: Path) -> tuple[str, str]:
     """Two images through the service, an old orphan and a fresh one; their keys."""
-    models = _Models()
-    vectors = LanceDBVectorStore(data_dir / "lancedb", models.embedding_model, DIM)
-    blobs = LocalBlobStore(data_dir / "blobs")
-    stores = Stores(ImageService(models, vectors, blobs, ImageLimits()), vectors, blobs, "local")
+    stores = Stores.on(data_dir)
     try:
         await add_images(stores, 1, 2)
         return await stores.put_orphan(10), await stores.put_orphan(11, old=False)
     finally:
-        await vectors.close()
+        await stores.vectors.close()
 
 
 def run_command(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -444,17 +444,15 @@ async def test_command_on_s3_blobs(
     tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     endpoint = request.getfixturevalue("moto_s3_endpoint")
-    models = _Models()
-    vectors = LanceDBVectorStore(tmp_path / "lancedb", models.embedding_model, DIM)
     bucket = unique_bucket("command")
     blobs = S3BlobStore(bucket, prefix="images", endpoint_url=endpoint, create_bucket=True)
+    stores = Stores.on(tmp_path, blobs, "s3")
     try:
         await blobs.ensure_bucket()
-        stores = Stores(ImageService(models, vectors, blobs, ImageLimits()), vectors, blobs, "s3")
         await add_images(stores, 1)
         orphan = await stores.put_orphan(10)
     finally:
-        await vectors.close()
+        await stores.vectors.close()
         await blobs.close()
     s3_args = {"kind": "s3", "prefix": "images", "endpoint_url": endpoint}
     config = write_config(

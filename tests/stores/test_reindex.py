@@ -19,11 +19,10 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel
+from transformers import BlipForConditionalGeneration, CLIPConfig, CLIPModel
 
 from deployments.captioner import BlipCaptioner
 from deployments.embedder import ClipEmbedder
-from deployments.probe import probe_image
 from deployments.settings import CaptionerSettings, EmbedderSettings
 from ingress.core.imaging import DecodedImage, ImageLimits, decode_image
 from ingress.core.service import ImageService
@@ -109,13 +108,13 @@ class InProcessModels:
         self.embedding_model = self.embedder.model_id
 
     async def caption(self, pixels: np.ndarray) -> str:
-        return self.captioner._generate([pixels])[0]
+        return self.captioner.caption_many([pixels])[0]
 
     async def embed_image(self, pixels: np.ndarray) -> np.ndarray:
-        return self.embedder._image_vectors([pixels])[0]
+        return self.embedder.embed_images([pixels])[0]
 
     async def embed_text(self, text: str) -> np.ndarray:
-        return self.embedder._text_vectors([text])[0]
+        return self.embedder.embed_texts([text])[0]
 
 
 # -- stores and data ------------------------------------------------------------------------
@@ -130,11 +129,11 @@ def image(seed: int) -> DecodedImage:
 
 
 def expected_caption(blip: Path, seed: int) -> str:
-    return captioner(blip)._generate([image(seed).pixels])[0]
+    return captioner(blip).caption_many([image(seed).pixels])[0]
 
 
 def expected_vector(clip: Path, seed: int) -> np.ndarray:
-    return embedder(clip)._image_vectors([image(seed).pixels])[0]
+    return embedder(clip).embed_images([image(seed).pixels])[0]
 
 
 def lance(data: Path, clip: Path, table: str = "images") -> LanceDBVectorStore:
@@ -200,22 +199,34 @@ def write_config(
 
 
 class Calls:
-    """Counts the images a model method was run on, across every instance, and the
-    threads it ran on; the warm-up probe each model runs when it loads is not counted."""
+    """Counts the images the tool handed a model class's public batch method, across
+    every instance, and the threads the model's forward passes (`forward`, a method of
+    the transformers model) ran on."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> None:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        cls: type,
+        batch_api: str,
+        model_cls: type,
+        forward: str,
+    ) -> None:
         self.images = 0
         self.threads: set[str] = set()
-        real = getattr(cls, name)
-        probe = probe_image()
+        real_api = getattr(cls, batch_api)
 
         def counted(model: Any, images: list[np.ndarray]) -> Any:
-            if not (len(images) == 1 and np.array_equal(images[0], probe)):
-                self.images += len(images)
-                self.threads.add(threading.current_thread().name)
-            return real(model, images)
+            self.images += len(images)
+            return real_api(model, images)
 
-        monkeypatch.setattr(cls, name, counted)
+        real_forward = getattr(model_cls, forward)
+
+        def recorded(model: Any, *args: Any, **kwargs: Any) -> Any:
+            self.threads.add(threading.current_thread().name)
+            return real_forward(model, *args, **kwargs)
+
+        monkeypatch.setattr(cls, batch_api, counted)
+        monkeypatch.setattr(model_cls, forward, recorded)
 
 
 @pytest.fixture
@@ -239,7 +250,9 @@ def test_recaption_after_captioner_change(
     before = snapshot(data, tiny_clip_dir)
     assert {r.caption_model for r, _ in before.values()} == {str(tiny_blip_dir.resolve())}
     config = write_config(tmp_path / "new.yaml", data, other_blip_dir, tiny_clip_dir)
-    calls = Calls(monkeypatch, BlipCaptioner, "_generate")
+    calls = Calls(
+        monkeypatch, BlipCaptioner, "caption_many", BlipForConditionalGeneration, "generate"
+    )
 
     assert main(["captions", "--config", str(config), "--batch-size", "2"]) == EXIT_DONE
     assert calls.images == 5
@@ -290,7 +303,9 @@ def test_recaption_resumes_where_an_interrupted_run_stopped(
         "--state",
         str(state),
     ]
-    calls = Calls(monkeypatch, BlipCaptioner, "_generate")
+    calls = Calls(
+        monkeypatch, BlipCaptioner, "caption_many", BlipForConditionalGeneration, "generate"
+    )
 
     # The store goes away in the middle of the second page (of three).
     real_update = LanceDBVectorStore.update_caption
@@ -394,7 +409,7 @@ def test_reembed_into_a_new_table_then_copy_what_was_added(
     source_before = snapshot(data, tiny_clip_dir)
     config = write_config(tmp_path / "new.yaml", data, tiny_blip_dir, other_clip_dir, "images_v2")
     argv = ["vectors", "--config", str(config), "--from-table", "images", "--batch-size", "2"]
-    calls = Calls(monkeypatch, ClipEmbedder, "_image_vectors")
+    calls = Calls(monkeypatch, ClipEmbedder, "embed_images", CLIPModel, "get_image_features")
 
     assert main(argv) == EXIT_DONE
     out = capsys.readouterr()

@@ -55,6 +55,31 @@ def _clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
+def _config(
+    config_cls: Any, size: Size, vocab_size: int, text_positions: int, token_ids: dict[str, Any]
+) -> tuple[Any, int]:
+    """The model config and its image side: tiny towers, or the class's defaults (which
+    are the architectures of the default models)."""
+    if size == "base":
+        config = config_cls(text_config=token_ids)
+        return config, int(config.vision_config.image_size)
+    config = config_cls(
+        text_config=_tiny_tower(
+            vocab_size=vocab_size, max_position_embeddings=text_positions, **token_ids
+        ),
+        vision_config=_tiny_tower(image_size=_TINY_SIDE, patch_size=8),
+        projection_dim=TINY_DIM,
+    )
+    return config, _TINY_SIDE
+
+
+def _save(directory: Path, model_cls: Any, config: Any, processor: Any, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model_cls(config).eval().save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
 def save_random_blip(directory: Path, size: Size = "tiny", seed: int = 0) -> Path:
     tokenizer = _bert_tokenizer()
     token_ids: dict[str, Any] = dict(
@@ -63,54 +88,22 @@ def save_random_blip(directory: Path, size: Size = "tiny", seed: int = 0) -> Pat
         sep_token_id=tokenizer.sep_token_id,
         eos_token_id=tokenizer.sep_token_id,
     )
-    if size == "tiny":
-        config = BlipConfig(
-            text_config=_tiny_tower(
-                vocab_size=len(tokenizer), max_position_embeddings=64, **token_ids
-            ),
-            vision_config=_tiny_tower(image_size=_TINY_SIDE, patch_size=8),
-            projection_dim=TINY_DIM,
-        )
-        side = _TINY_SIDE
-    else:
-        # BlipConfig's defaults are the blip-image-captioning-base architecture.
-        config = BlipConfig(text_config=token_ids)
-        side = int(config.vision_config.image_size)  # type: ignore[union-attr]
-    torch.manual_seed(seed)
-    model = BlipForConditionalGeneration(config).eval()
+    config, side = _config(BlipConfig, size, len(tokenizer), 64, token_ids)
     processor = BlipProcessor(
         image_processor=BlipImageProcessor(size={"height": side, "width": side}),
         tokenizer=tokenizer,
     )
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    return _save(directory, BlipForConditionalGeneration, config, processor, seed)
 
 
 def save_random_clip(directory: Path, size: Size = "tiny", seed: int = 0) -> Path:
     tokenizer = _clip_tokenizer()
-    token_ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    if size == "tiny":
-        config = CLIPConfig(
-            text_config=_tiny_tower(
-                vocab_size=len(tokenizer), max_position_embeddings=32, **token_ids
-            ),
-            vision_config=_tiny_tower(image_size=_TINY_SIDE, patch_size=8),
-            projection_dim=TINY_DIM,
-        )
-        side = _TINY_SIDE
-    else:
-        # CLIPConfig's defaults are the clip-vit-base-patch32 architecture.
-        config = CLIPConfig(text_config=token_ids)
-        side = int(config.vision_config.image_size)  # type: ignore[union-attr,arg-type]
-    torch.manual_seed(seed)
-    model = CLIPModel(config).eval()
+    token_ids: dict[str, Any] = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config, side = _config(CLIPConfig, size, len(tokenizer), 32, token_ids)
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessor(
             size={"shortest_edge": side}, crop_size={"height": side, "width": side}
         ),
         tokenizer=tokenizer,
     )
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    return _save(directory, CLIPModel, config, processor, seed)

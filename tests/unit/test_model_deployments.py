@@ -1,10 +1,11 @@
 """The model classes as plain Python objects under asyncio: batching, failure isolation,
-determinism and the embedding space. Serve's local testing mode cannot run
+determinism, the embedding space and the public batch API. Serve's local testing mode cannot run
 `@serve.batch` in Ray 2.60, so the real-Ray path is in test_model_serving.py."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ class TestEmbedder:
     async def test_same_vector_alone_or_in_a_batch(self, embedder: Any) -> None:
         images = [_image(seed, 40 + seed, 70 - seed) for seed in range(6)]
         alone = [await embedder.embed_image(image) for image in images]
-        with _CallCounter(embedder, "_image_vectors") as counter:
+        with _CallCounter(embedder.model, "get_image_features") as counter:
             batched = await asyncio.gather(*(embedder.embed_image(image) for image in images))
         # Concurrent calls really shared batches: fewer forward passes than images.
         assert 1 <= counter.calls < len(images)
@@ -123,14 +124,14 @@ class TestEmbedder:
         # An item that passes validation but breaks the forward pass (e.g. a processor
         # corner case): the batch is retried item by item.
         poison = _image(99)
-        real = embedder._image_vectors
+        real = embedder.processor
 
-        def flaky(images: list[np.ndarray]) -> list[np.ndarray]:
-            if any(image is poison for image in images):
+        def flaky(**kwargs: Any) -> Any:
+            if any(image is poison for image in kwargs.get("images") or []):
                 raise RuntimeError("model blew up on this image")
-            return real(images)
+            return real(**kwargs)
 
-        monkeypatch.setattr(embedder, "_image_vectors", flaky)
+        monkeypatch.setattr(embedder, "processor", flaky)
         results = await _gather(
             [
                 embedder.embed_image(_image(1)),
@@ -144,7 +145,7 @@ class TestEmbedder:
     async def test_batch_size_changes_through_user_config(self, embedder: Any) -> None:
         embedder.reconfigure({"image": {"max_batch_size": 2, "batch_wait_timeout_s": 0.2}})
         try:
-            with _CallCounter(embedder, "_image_vectors") as counter:
+            with _CallCounter(embedder.model, "get_image_features") as counter:
                 await asyncio.gather(*(embedder.embed_image(_image(s)) for s in range(6)))
             assert counter.calls == 3
             assert embedder.info().batching.image.max_batch_size == 2
@@ -159,13 +160,45 @@ class TestEmbedder:
         embedder._liveness._last_ok = 0.0
         await embedder.check_health()
 
-        def broken(texts: list[str]) -> list[np.ndarray]:
+        def broken(**kwargs: Any) -> Any:
             raise RuntimeError("weights corrupted")
 
-        monkeypatch.setattr(embedder, "_text_vectors", broken)
+        monkeypatch.setattr(embedder.model, "get_text_features", broken)
         embedder._liveness._last_ok = 0.0
         with pytest.raises(RuntimeError, match="weights corrupted"):
             await embedder.check_health()
+
+    async def test_batch_api_gives_what_the_served_path_gives(self, embedder: Any) -> None:
+        images = [_image(seed, 40 + seed, 70 - seed) for seed in range(4)]
+        texts = ["dog", "a photo of a blue car in the sky", "x " * 500]
+        served_images = [await embedder.embed_image(image) for image in images]
+        served_texts = [await embedder.embed_text(text) for text in texts]
+        with _CallCounter(embedder.model, "get_image_features") as counter:
+            vectors = embedder.embed_images(images)
+        # One forward pass for the whole list, on the model thread.
+        assert counter.calls == 1
+        assert counter.threads and all(t.startswith("embedder") for t in counter.threads)
+        with _CallCounter(embedder.model, "get_text_features") as counter:
+            text_vectors = embedder.embed_texts(tuple(texts))
+        assert counter.calls == 1
+        for got, want in zip(vectors + text_vectors, served_images + served_texts, strict=True):
+            assert got.dtype == np.float32 and got.shape == (TINY_DIM,)
+            assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-5)
+            np.testing.assert_allclose(got, want, atol=1e-5)
+
+    async def test_batch_api_validates_every_item_before_the_model_runs(
+        self, embedder: Any
+    ) -> None:
+        with _CallCounter(embedder.model, "get_image_features") as counter:
+            with pytest.raises(InvalidModelInput, match="uint8 HxWx3"):
+                embedder.embed_images([_image(1), np.zeros((10, 10), dtype=np.uint8)])
+            assert embedder.embed_images([]) == []
+        assert counter.calls == 0
+        with _CallCounter(embedder.model, "get_text_features") as counter:
+            with pytest.raises(InvalidModelInput, match="empty"):
+                embedder.embed_texts(["a dog", " "])
+            assert embedder.embed_texts([]) == []
+        assert counter.calls == 0
 
 
 class TestCaptioner:
@@ -175,7 +208,7 @@ class TestCaptioner:
         images = [_image(seed, 30 + 5 * seed, 60) for seed in range(5)]
         alone = [await captioner.caption(image) for image in images]
         again = [await captioner.caption(image) for image in images]
-        with _CallCounter(captioner, "_generate") as counter:
+        with _CallCounter(captioner.model, "generate") as counter:
             batched = await asyncio.gather(*(captioner.caption(image) for image in images))
         assert 1 <= counter.calls < len(images)
         assert alone == again == list(batched)
@@ -207,21 +240,41 @@ class TestCaptioner:
         assert isinstance(results[3], InvalidModelInput)
         assert isinstance(results[0], str) and isinstance(results[2], str)
 
+    async def test_batch_api_gives_what_the_served_path_gives(self, captioner: Any) -> None:
+        images = [_image(seed, 30 + 5 * seed, 60) for seed in range(4)]
+        served = [await captioner.caption(image) for image in images]
+        with _CallCounter(captioner.model, "generate") as counter:
+            assert captioner.caption_many(images) == served
+        assert counter.calls == 1
+        assert counter.threads and all(t.startswith("captioner") for t in counter.threads)
+
+    async def test_batch_api_validates_every_item_before_the_model_runs(
+        self, captioner: Any
+    ) -> None:
+        with _CallCounter(captioner.model, "generate") as counter:
+            with pytest.raises(InvalidModelInput):
+                captioner.caption_many([_image(1), np.zeros((5000, 4, 3), np.uint8)])
+            assert captioner.caption_many([]) == []
+        assert counter.calls == 0
+
     async def test_generation_settings_are_validated(self, tiny_blip_dir: Path) -> None:
         with pytest.raises(ValueError):
             CaptionerSettings.model_validate({"model": {"model_id": "x"}, "max_new_tokens": 0})
 
 
 class _CallCounter:
-    """Counts forward passes by wrapping the instance's model method."""
+    """Counts forward passes, and the threads they ran on, by wrapping a method of the
+    model object (e.g. `model.generate`)."""
 
     def __init__(self, instance: Any, method: str) -> None:
         self.calls = 0
+        self.threads: set[str] = set()
         real = getattr(instance, method)
 
-        def counted(items: list[Any]) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
-            return real(items)
+            self.threads.add(threading.current_thread().name)
+            return real(*args, **kwargs)
 
         setattr(instance, method, counted)
         self._restore = lambda: delattr(instance, method)
