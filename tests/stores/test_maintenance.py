@@ -43,7 +43,7 @@ from tests.stores.s3_backend import (
     unique_bucket,
 )
 from tests.stores.test_ingest_consistency import DIM, _Failing, _image, _Models
-from tests.stores.test_weaviate_unit import FakeClient, FakeCollections, made_by
+from tests.stores.weaviate_fakes import FakeClient, FakeCollections, made_by
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = 3600.0

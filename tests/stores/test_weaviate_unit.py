@@ -1,37 +1,30 @@
-"""Weaviate store logic that needs no Weaviate server.
+"""Weaviate store logic, and the store against the real client at the wire.
 
 The contract suite covers the store against a real server when WEAVIATE_URL is set;
 here: the property schema, record <-> properties, distance -> similarity, cursors, error
 mapping (with the weaviate package's own exceptions), validation that happens before any
-I/O, and the real client failing cleanly against loopback ports with no Weaviate behind.
+I/O, the real client failing cleanly against loopback ports with no Weaviate behind, and
+every request the store makes, sent by the real client to an in-memory Weaviate on
+loopback (tests/stores/weaviate_mock.py: REST and gRPC, filters evaluated from the wire).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import copy
+import importlib
 import pickle
+import pkgutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
-from weaviate.classes.config import DataType, Tokenization, VectorDistances
-from weaviate.collections.classes.config import _CollectionConfigCreate
-from weaviate.collections.classes.filters import (
-    _FilterAnd,
-    _FilterOr,
-    _Filters,
-    _FilterValue,
-    _Operator,
-)
-from weaviate.collections.filters import _FilterToGRPC, _FilterToREST
+from weaviate.classes.config import DataType, Tokenization
 from weaviate.exceptions import (
     UnexpectedStatusCodeError,
     WeaviateBatchError,
@@ -45,6 +38,7 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
+import ingress.stores.weaviate as weaviate_store_package
 from ingress.http.errors import to_api_error
 from ingress.stores.base import (
     EmbeddingMismatch,
@@ -57,7 +51,6 @@ from ingress.stores.records import ImageFilter, ImageRecord, IndexedImage, image
 from ingress.stores.weaviate import (
     WeaviateVectorStore,
     canonical_uuid,
-    collection_config,
     collection_description,
     decode_cursor,
     encode_cursor,
@@ -67,10 +60,12 @@ from ingress.stores.weaviate import (
     properties_to_record,
     record_to_properties,
     similarity_from_distance,
-    weaviate_filter,
 )
 from tests.stores.filter_cases import FILTER_CASES, POPULATION_SIZE, population_fields
 from tests.stores.weaviate_backend import WEAVIATE_SKIP_REASON, WeaviateOpener
+
+# test_maintenance.py still imports these stand-ins from here; nothing in this file uses them.
+from tests.stores.weaviate_mock import Fault, MockWeaviate, filter_repr, format_date, parse_date
 
 MODEL = "test/clip-tiny"
 DIM = 16
@@ -127,22 +122,6 @@ def test_schema_types_and_tokenization() -> None:
         assert props[name].dataType == DataType.INT, name
     assert props["created_at"].dataType == DataType.DATE
     assert all(p.indexFilterable for p in props.values())
-
-
-def test_collection_request_body() -> None:
-    """What the client sends to create the collection: no vectorizer, HNSW, cosine."""
-    body = _CollectionConfigCreate(name="Image", **collection_config(MODEL, DIM))._to_dict()
-    assert body["class"] == "Image"
-    assert body["vectorizer"] == "none"
-    assert body["vectorIndexType"] == "hnsw"
-    assert body["vectorIndexConfig"]["distance"] == "cosine"
-    assert "vectorConfig" not in body
-    assert parse_collection_description(body["description"]) == (MODEL, DIM)
-    wire = {p["name"]: p for p in body["properties"]}
-    assert wire["caption"]["tokenization"] == "word"
-    assert wire["tags"]["dataType"] == ["text[]"]
-    assert wire["created_at"]["dataType"] == ["date"]
-    assert wire["sha256"]["tokenization"] == "field"
 
 
 def test_description_round_trip_and_foreign_descriptions() -> None:
@@ -498,229 +477,72 @@ async def test_validation_happens_before_any_io() -> None:
         await store.close()
 
 
-@contextlib.asynccontextmanager
-async def fake_http(answer_meta: bool, status: int = 200) -> AsyncIterator[int]:
-    """An HTTP/1.1 server on loopback: 404 for OIDC discovery (no auth), then for every
-    other request either `status` or, when answer_meta is False, no answer at all."""
-    hang = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                path = head.split(b" ", 2)[1]
-                if b"openid-configuration" in path:
-                    code, body = 404, b"{}"
-                elif not answer_meta:
-                    await hang.wait()
-                    return
-                else:
-                    code, body = status, b'{"error": [{"message": "boom"}]}'
-                writer.write(
-                    b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (code, len(body), body)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        hang.set()
-        server.close()
-        await server.wait_closed()
+# -- against the in-memory Weaviate on loopback -----------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("status", "kind", "api_status"),
-    [(500, StoreError, 502), (503, StoreUnavailable, 503), (401, StoreError, 502)],
-)
-async def test_server_error_statuses(status: int, kind: type[StoreError], api_status: int) -> None:
-    async with fake_http(answer_meta=True, status=status) as port:
-        store = store_at(port)
-        try:
-            with pytest.raises(StoreError) as info:
-                await store.ensure_schema()
-            assert type(info.value) is kind
-            assert to_api_error(info.value).status == api_status
-        finally:
-            await store.close()
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep connect() on loopback: the client's best-effort check of its latest version
+    on PyPI goes through a proxy that refuses at once (and is ignored by the client),
+    while loopback stays direct for HTTP and gRPC."""
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
 
 
-async def test_server_that_never_answers_is_a_timeout() -> None:
-    async with fake_http(answer_meta=False) as port:
-        store = store_at(port, init_timeout_s=0.5, query_timeout_s=0.5)
-        try:
-            with pytest.raises(StoreTimeout) as info:
-                await store.ensure_schema()
-            assert to_api_error(info.value).status == 504
-        finally:
-            await store.close()
+@pytest.fixture
+async def mock(offline: None) -> AsyncIterator[MockWeaviate]:
+    async with MockWeaviate().serving() as server:
+        yield server
 
 
-# -- collection creation races, with a stand-in client -----------------------------------
+StoreOpener = Callable[..., WeaviateVectorStore]
 
 
-class FakeCollections:
-    """Just enough of ``client.collections`` for ensure_schema."""
+@pytest.fixture
+async def open_store(mock: MockWeaviate) -> AsyncIterator[StoreOpener]:
+    """Stores on the mock (short timeouts), closed before the mock stops."""
+    stores: list[WeaviateVectorStore] = []
 
-    def __init__(self, existing: SimpleNamespace | None, rival: SimpleNamespace | None) -> None:
-        self.config = existing
-        # What another replica creates between our exists() and our create().
-        self.rival = rival
-        self.created: list[dict[str, Any]] = []
-
-    async def exists(self, name: str) -> bool:
-        return self.config is not None
-
-    async def create(self, name: str, **kwargs: Any) -> None:
-        if self.rival is not None:
-            self.config = self.rival
-            raise status_error(422)  # "class name ... already exists"
-        self.created.append(kwargs)
-        self.config = SimpleNamespace(
-            description=kwargs["description"],
-            properties=kwargs["properties"],
-            vector_index_config=SimpleNamespace(distance_metric=VectorDistances.COSINE),
+    def make(model: str = MODEL, dim: int = DIM, **kw: Any) -> WeaviateVectorStore:
+        for name in ("init_timeout_s", "query_timeout_s", "insert_timeout_s"):
+            kw.setdefault(name, 2)
+        store = WeaviateVectorStore(
+            model, dim, "127.0.0.1", http_port=mock.http_port, grpc_port=mock.grpc_port, **kw
         )
+        stores.append(store)
+        return store
 
-    def get(self, name: str) -> SimpleNamespace:
-        async def get_config() -> SimpleNamespace | None:
-            if self.config is None:
-                raise status_error(404)
-            return self.config
-
-        return SimpleNamespace(name=name, config=SimpleNamespace(get=get_config))
+    yield make
+    for store in stores:
+        await store.close()
 
 
-class FakeClient:
-    def __init__(self, collections: FakeCollections) -> None:
-        self.collections = collections
-        self.closed = False
-
-    async def connect(self) -> None:
-        pass
-
-    async def is_live(self) -> bool:
-        return True
-
-    async def close(self) -> None:
-        self.closed = True
+def patch_store_constant(monkeypatch: pytest.MonkeyPatch, name: str, value: Any) -> bool:
+    """Set a module constant of the store package wherever one of its modules defines or
+    imports it (the package's layout is not this test's business); False when none does."""
+    found = False
+    for info in pkgutil.iter_modules(weaviate_store_package.__path__):
+        module = importlib.import_module(f"{weaviate_store_package.__name__}.{info.name}")
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, value)
+            found = True
+    return found
 
 
-def made_by(
-    model: str = MODEL, dim: int = DIM, distance: VectorDistances = VectorDistances.COSINE
-) -> SimpleNamespace:
-    return SimpleNamespace(
-        description=collection_description(model, dim),
-        properties=image_properties(),
-        vector_index_config=SimpleNamespace(distance_metric=distance),
-    )
+def vector_of(i: int) -> np.ndarray:
+    """A distinct unit-free vector per record: its angle to all-ones grows with i."""
+    v = np.ones(DIM, dtype=np.float32)
+    v[: i % DIM + 1] = -0.5
+    v[0] = float(i + 1)
+    return v
 
 
-async def ensure_with(
-    monkeypatch: pytest.MonkeyPatch,
-    existing: SimpleNamespace | None = None,
-    rival: SimpleNamespace | None = None,
-) -> tuple[WeaviateVectorStore, FakeClient]:
-    client = FakeClient(FakeCollections(existing, rival))
-    store = WeaviateVectorStore(MODEL, DIM, "127.0.0.1")
-    monkeypatch.setattr(store, "_new_client", lambda: client)
-    await store.ensure_schema()
-    return store, client
-
-
-async def test_creates_a_missing_collection(monkeypatch: pytest.MonkeyPatch) -> None:
-    store, client = await ensure_with(monkeypatch)
-    (kwargs,) = client.collections.created
-    assert kwargs.keys() == collection_config(MODEL, DIM).keys()
-    assert parse_collection_description(kwargs["description"]) == (MODEL, DIM)
-    await store.ensure_schema()  # idempotent: nothing more is created
-    assert len(client.collections.created) == 1
-    await store.close()
-    assert client.closed
-
-
-async def test_opens_an_existing_collection(monkeypatch: pytest.MonkeyPatch) -> None:
-    store, client = await ensure_with(monkeypatch, existing=made_by())
-    assert client.collections.created == []
-    await store.close()
-
-
-async def test_losing_the_creation_race_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:
-    store, client = await ensure_with(monkeypatch, rival=made_by())
-    assert client.collections.created == [] and not client.closed
-    await store.close()
-
-
-async def test_losing_the_race_to_another_model_is_a_mismatch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    with pytest.raises(EmbeddingMismatch):
-        await ensure_with(monkeypatch, rival=made_by(model="other/model"))
-
-
-@pytest.mark.parametrize(
-    ("existing", "error"),
-    [
-        (made_by(dim=DIM * 2), EmbeddingMismatch),
-        (made_by(model="other/model"), EmbeddingMismatch),
-        (made_by(distance=VectorDistances.L2_SQUARED), StoreError),
-        (SimpleNamespace(**{**vars(made_by()), "description": "someone else's"}), StoreError),
-        (SimpleNamespace(**{**vars(made_by()), "properties": image_properties()[1:]}), StoreError),
-    ],
-    ids=["other-dim", "other-model", "l2", "foreign", "missing-property"],
-)
-async def test_refuses_unsuitable_collections(
-    monkeypatch: pytest.MonkeyPatch, existing: SimpleNamespace, error: type[StoreError]
-) -> None:
-    client = FakeClient(FakeCollections(existing, None))
-    store = WeaviateVectorStore(MODEL, DIM, "127.0.0.1")
-    monkeypatch.setattr(store, "_new_client", lambda: client)
-    with pytest.raises(error) as info:
-        await store.ensure_schema()
-    assert type(info.value) is error
-    assert client.closed  # a refused store lets go of its connection
-
-
-# -- filters ------------------------------------------------------------------------------
-
-
-def _weaviate_matches(flt: _Filters, record: ImageRecord) -> bool:
-    """How Weaviate evaluates a filter on one object, for the operators this store uses:
-    a property the object lacks matches nothing; ContainsAny/All compare whole values
-    (every text property here is tokenised as `field`); `_id` is the object id's text."""
-    if isinstance(flt, _FilterAnd):
-        return all(_weaviate_matches(f, record) for f in flt.filters)
-    if isinstance(flt, _FilterOr):
-        return any(_weaviate_matches(f, record) for f in flt.filters)
-    assert isinstance(flt, _FilterValue), flt
-    assert isinstance(flt.target, str), flt.target
-    props = record_to_properties(record)
-    actual = record.id if flt.target == "_id" else props.get(flt.target)
-    if actual is None:
-        return False
-    value = flt.value
-    op = flt.operator
-    if op == _Operator.CONTAINS_ANY:
-        values = actual if isinstance(actual, list) else [actual]
-        return any(v in values for v in value)  # type: ignore[union-attr]
-    if op == _Operator.CONTAINS_ALL:
-        values = actual if isinstance(actual, list) else [actual]
-        return all(v in values for v in value)  # type: ignore[union-attr]
-    assert not isinstance(actual, list), (flt.target, op)
-    compare: dict[_Operator, Callable[[Any, Any], bool]] = {
-        _Operator.EQUAL: lambda a, b: a == b,
-        _Operator.GREATER_THAN: lambda a, b: a > b,
-        _Operator.GREATER_THAN_EQUAL: lambda a, b: a >= b,
-        _Operator.LESS_THAN: lambda a, b: a < b,
-        _Operator.LESS_THAN_EQUAL: lambda a, b: a <= b,
-    }
-    return compare[op](actual, value)
+def _records(n: int, **overrides: Any) -> list[ImageRecord]:
+    return [
+        make_record(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"r-{i}")), **overrides) for i in range(n)
+    ]
 
 
 def _population() -> list[ImageRecord]:
@@ -730,295 +552,604 @@ def _population() -> list[ImageRecord]:
     ]
 
 
-@pytest.mark.parametrize(("name", "image_filter"), FILTER_CASES, ids=[c[0] for c in FILTER_CASES])
-def test_filter_admits_what_the_reference_admits(name: str, image_filter: ImageFilter) -> None:
-    records = _population()
-    flt = weaviate_filter(image_filter)
-    expected = [r.id for r in records if image_filter.matches(r)]
-    if image_filter.is_empty():
-        assert flt is None
-        return
-    assert flt is not None
-    assert [r.id for r in records if _weaviate_matches(flt, r)] == expected
-    # The client can put it on the wire (gRPC for queries, REST for aggregates).
-    assert _FilterToGRPC.convert(flt) is not None
-    assert _FilterToREST.convert(flt)
+async def filled(open_store: StoreOpener, records: list[ImageRecord]) -> WeaviateVectorStore:
+    """A store whose collection holds ``records`` (vector_of(i) each), written through
+    the store: gRPC BatchObjects to the mock."""
+    store = open_store()
+    await store.upsert([IndexedImage(record=r, vector=vector_of(i)) for i, r in enumerate(records)])
+    return store
 
 
-def test_filter_with_a_cursor_admits_only_later_ids() -> None:
-    records = _population()
-    ids = sorted(r.id for r in records)
-    image_filter = ImageFilter(tags_any=("cat",))
-    for after in (ids[0], ids[11], ids[-1]):
-        flt = weaviate_filter(image_filter, after_id=after)
-        assert flt is not None
-        got = sorted(r.id for r in records if _weaviate_matches(flt, r))
-        assert got == [
-            i for i in ids if i > after and i in {r.id for r in records if image_filter.matches(r)}
-        ]
-    only_cursor = weaviate_filter(None, after_id=ids[5])
-    assert only_cursor is not None
-    assert sorted(r.id for r in records if _weaviate_matches(only_cursor, r)) == ids[6:]
-    wire = _FilterToGRPC.convert(only_cursor)
-    assert wire is not None and wire.target.property == "_id" and wire.value_text == ids[5]
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def test_filter_bounds_out_of_int64_are_clamped() -> None:
-    flt = weaviate_filter(ImageFilter(min_width=2**70, min_height=-(2**70)))
-    assert isinstance(flt, _FilterAnd)
-    assert [f.value for f in flt.filters] == [2**63 - 1, -(2**63) + 1]  # type: ignore[attr-defined]
-    assert _FilterToGRPC.convert(flt) is not None
+def wire_filter(request: Any) -> Any:
+    """The filter a gRPC request carried, as plain data; None when it carried none."""
+    return filter_repr(request.filters) if request.HasField("filters") else None
 
 
-def test_naive_datetimes_in_filters_are_utc() -> None:
-    naive = datetime(2024, 3, 5, 12, 0)
-    flt = weaviate_filter(ImageFilter(created_after=naive))
-    assert isinstance(flt, _FilterValue)
-    assert flt.value == naive.replace(tzinfo=timezone.utc)
-
-
-# -- requests, with a stand-in collection ----------------------------------------------
-
-
-class FakeData:
-    """A collection's objects: id -> (properties, vector)."""
-
-    def __init__(self, objects: dict[str, tuple[dict[str, Any], list[float]]]) -> None:
-        self.objects = objects
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def obj(self, object_id: str, **metadata: Any) -> SimpleNamespace:
-        props, vector = self.objects[object_id]
-        return SimpleNamespace(
-            uuid=uuid.UUID(object_id),
-            properties=dict(props),
-            vector={"default": vector},
-            metadata=SimpleNamespace(**metadata),
-        )
-
-
-class FakeQuery:
-    def __init__(self, data: FakeData) -> None:
-        self.data = data
-
-    def _answer(self, kind: str, kwargs: dict[str, Any], **metadata: Any) -> SimpleNamespace:
-        self.data.calls.append((kind, kwargs))
-        ids = sorted(self.data.objects)
-        return SimpleNamespace(objects=[self.data.obj(i, **metadata) for i in ids])
-
-    async def near_vector(self, **kwargs: Any) -> SimpleNamespace:
-        return self._answer("near_vector", kwargs, distance=0.25)
-
-    async def bm25(self, **kwargs: Any) -> SimpleNamespace:
-        return self._answer("bm25", kwargs, score=1.5)
-
-    async def fetch_objects(self, **kwargs: Any) -> SimpleNamespace:
-        self.data.calls.append(("fetch_objects", kwargs))
-        ids = sorted(self.data.objects)
-        if kwargs.get("after") is not None:
-            ids = [i for i in ids if i > kwargs["after"]]
-        return SimpleNamespace(objects=[self.data.obj(i) for i in ids[: kwargs["limit"]]])
-
-    async def fetch_object_by_id(self, object_id: str, **kwargs: Any) -> SimpleNamespace | None:
-        self.data.calls.append(("fetch_object_by_id", {"uuid": object_id, **kwargs}))
-        return self.data.obj(object_id) if object_id in self.data.objects else None
-
-
-class FakeDataOps:
-    def __init__(self, data: FakeData) -> None:
-        self.data = data
-
-    async def update(self, uuid: str, properties: dict[str, Any]) -> None:
-        self.data.calls.append(("update", {"uuid": uuid, "properties": properties}))
-        if uuid not in self.data.objects:
-            raise status_error(404)
-        self.data.objects[uuid][0].update(properties)
-
-
-class FakeAggregate:
-    def __init__(self, data: FakeData) -> None:
-        self.data = data
-
-    async def over_all(self, **kwargs: Any) -> SimpleNamespace:
-        self.data.calls.append(("over_all", kwargs))
-        return SimpleNamespace(total_count=7)
-
-
-class FakeConfig:
-    def __init__(self, data: FakeData, config: SimpleNamespace, rival: bool = False) -> None:
-        self.data = data
-        self.config = config
-        # Another replica adds the property between our schema read and our add.
-        self.rival = rival
-
-    async def get(self) -> SimpleNamespace:
-        return self.config
-
-    async def add_property(self, prop: Any) -> None:
-        self.data.calls.append(("add_property", {"prop": prop}))
-        if self.rival:
-            self.config.properties = [*self.config.properties, prop]
-            raise status_error(422)
-        self.config.properties = [*self.config.properties, prop]
-
-
-class FakeDataCollection:
-    def __init__(self, data: FakeData, config: SimpleNamespace, rival: bool = False) -> None:
-        self.query = FakeQuery(data)
-        self.data = FakeDataOps(data)
-        self.aggregate = FakeAggregate(data)
-        self.config = FakeConfig(data, config, rival)
-
-
-class FakeDataClient:
-    def __init__(self, collection: FakeDataCollection) -> None:
-        self.collection = collection
-        self.collections = SimpleNamespace(
-            exists=self._exists, get=lambda name: self.collection, create=None
-        )
-
-    async def _exists(self, name: str) -> bool:
-        return True
-
-    async def connect(self) -> None:
-        pass
-
-    async def is_live(self) -> bool:
-        return True
-
-    async def close(self) -> None:
-        pass
-
-
-def _stored(records: list[ImageRecord]) -> dict[str, tuple[dict[str, Any], list[float]]]:
+def stored_json(record: ImageRecord) -> dict[str, Any]:
+    """The record's properties as JSON, as a client would have written them."""
     return {
-        r.id: (record_to_properties(r), [float(i + 1)] + [0.0] * (DIM - 1))
-        for i, r in enumerate(records)
+        k: format_date(v) if isinstance(v, datetime) else v
+        for k, v in record_to_properties(record).items()
     }
 
 
-async def open_fake(
-    monkeypatch: pytest.MonkeyPatch,
-    records: list[ImageRecord],
-    config: SimpleNamespace | None = None,
-    rival: bool = False,
-) -> tuple[WeaviateVectorStore, FakeData]:
-    data = FakeData(_stored(records))
-    collection = FakeDataCollection(data, config or made_by(), rival)
-    store = WeaviateVectorStore(MODEL, DIM, "127.0.0.1")
-    monkeypatch.setattr(store, "_new_client", lambda: FakeDataClient(collection))
+async def schema_made_by(model: str = MODEL, dim: int = DIM) -> dict[str, Any]:
+    """The class JSON that a store for (model, dim) creates, as the server keeps it."""
+    async with MockWeaviate().serving() as other:
+        store = WeaviateVectorStore(
+            model, dim, "127.0.0.1", http_port=other.http_port, grpc_port=other.grpc_port
+        )
+        try:
+            await store.ensure_schema()
+        finally:
+            await store.close()
+        return copy.deepcopy(other.collections["Image"].schema)
+
+
+# -- schema on the wire ------------------------------------------------------------------
+
+
+async def test_collection_request_body(mock: MockWeaviate, open_store: StoreOpener) -> None:
+    """What the client sends to create the collection: no vectorizer, HNSW, cosine."""
+    await open_store().ensure_schema()
+    (body,) = mock.bodies("POST /v1/schema")
+    assert body["class"] == "Image"
+    assert body["vectorizer"] == "none"
+    assert body["vectorIndexType"] == "hnsw"
+    assert body["vectorIndexConfig"]["distance"] == "cosine"
+    assert "vectorConfig" not in body
+    assert parse_collection_description(body["description"]) == (MODEL, DIM)
+    wire = {p["name"]: p for p in body["properties"]}
+    assert set(wire) == {p.name for p in image_properties()}
+    assert wire["caption"]["tokenization"] == "word"
+    assert wire["caption"]["indexSearchable"] is True
+    assert wire["tags"]["dataType"] == ["text[]"]
+    assert wire["created_at"]["dataType"] == ["date"]
+    assert wire["sha256"]["tokenization"] == "field"
+    assert wire["width"]["dataType"] == ["int"]
+
+
+# -- server failures, through the real client ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("op", "status", "kind", "api_status"),
+    [
+        ("GET /v1/meta", 500, StoreError, 502),
+        ("GET /v1/meta", 503, StoreUnavailable, 503),
+        ("GET /v1/meta", 401, StoreError, 502),
+        ("GET /v1/schema/Image", 500, StoreError, 502),
+        ("GET /v1/schema/Image", 503, StoreUnavailable, 503),
+        ("GET /v1/schema/Image", 504, StoreTimeout, 504),
+        ("POST /v1/schema", 500, StoreError, 502),
+        ("POST /v1/schema", 422, StoreError, 502),  # refused, and nothing made meanwhile
+    ],
+)
+async def test_server_error_statuses(
+    mock: MockWeaviate,
+    open_store: StoreOpener,
+    op: str,
+    status: int,
+    kind: type[StoreError],
+    api_status: int,
+) -> None:
+    mock.fail(op, Fault(status=status))
+    store = open_store()
+    with pytest.raises(StoreError) as info:
+        await store.ensure_schema()
+    assert type(info.value) is kind
+    assert to_api_error(info.value).status == api_status
+    if op.startswith("POST"):
+        assert "Image" not in mock.collections
+    # A failed open lets go of its connections, and the next call connects afresh.
+    assert await mock.wait_http_connections_closed()
+    connects = len(mock.ops("GET /v1/meta"))
+    with pytest.raises(StoreError):
+        await store.count()
+    assert len(mock.ops("GET /v1/meta")) == connects + 1
+
+
+async def test_server_that_never_answers_is_a_timeout(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    mock.fail("GET /v1/meta", Fault(hang=True))
+    store = open_store(init_timeout_s=0.5, query_timeout_s=0.5)
+    with pytest.raises(StoreTimeout) as info:
+        await store.ensure_schema()
+    assert to_api_error(info.value).status == 504
+
+
+async def test_a_server_too_old_for_the_client_is_not_an_outage(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    mock.version = "1.20.0"
+    with pytest.raises(StoreError) as info:
+        await open_store().ensure_schema()
+    assert type(info.value) is StoreError
+    assert to_api_error(info.value).status == 502
+    assert "not supported" in str(info.value.__cause__)
+
+
+async def test_grpc_health_check_failing_is_unavailable(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    mock.fail("grpc:Health/Check", Fault(code=grpc.StatusCode.UNAVAILABLE))
+    with pytest.raises(StoreUnavailable) as info:
+        await open_store().ensure_schema()
+    assert isinstance(info.value.__cause__, WeaviateGRPCUnavailableError)
+    assert to_api_error(info.value).status == 503
+    assert mock.ops("GET /v1/schema/*") == []  # refused at connect, before the schema
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "api_status"),
+    [
+        (grpc.StatusCode.INTERNAL, StoreError, 502),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, StoreTimeout, 504),
+        (grpc.StatusCode.INVALID_ARGUMENT, StoreError, 502),
+    ],
+)
+async def test_grpc_search_statuses(
+    mock: MockWeaviate,
+    open_store: StoreOpener,
+    code: grpc.StatusCode,
+    kind: type[StoreError],
+    api_status: int,
+) -> None:
+    store = await filled(open_store, _records(2))
+    mock.fail("grpc:Search", Fault(code=code))
+    with pytest.raises(StoreError) as info:
+        await store.search(np.ones(DIM, dtype=np.float32), 3)
+    assert type(info.value) is kind
+    assert to_api_error(info.value).status == api_status
+    assert isinstance(info.value.__cause__, WeaviateQueryError)
+
+
+async def test_grpc_search_that_never_answers_is_a_timeout(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    store = open_store(query_timeout_s=0.5)
     await store.ensure_schema()
-    return store, data
+    mock.fail("grpc:Search", Fault(hang=True))
+    with pytest.raises(StoreTimeout) as info:
+        await store.list(3)
+    assert to_api_error(info.value).status == 504
 
 
-def _wire(flt: _Filters | None) -> Any:
-    return None if flt is None else _FilterToGRPC.convert(flt)
+async def test_grpc_unavailable_once_is_retried_by_the_client(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    store = await filled(open_store, _records(2))
+    mock.fail("grpc:Aggregate", Fault(code=grpc.StatusCode.UNAVAILABLE, times=1))
+    assert await store.count() == 2
+    assert mock.ops("grpc:Aggregate") == ["grpc:Aggregate"] * 2
 
 
-def _records(n: int, **overrides: Any) -> list[ImageRecord]:
-    return [
-        make_record(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"r-{i}")), **overrides) for i in range(n)
-    ]
+async def test_grpc_unavailable_with_the_server_down_is_unavailable(
+    mock: MockWeaviate, open_store: StoreOpener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client retries UNAVAILABLE for about a minute; the store's own deadline (made
+    # short here when the package lets us) fires first, and the liveness probe, down
+    # too, makes it an outage rather than a slow server.
+    patch_store_constant(monkeypatch, "_DEADLINE_MARGIN_S", 0.5)
+    store = open_store(query_timeout_s=0.5)
+    await store.ensure_schema()
+    mock.fail("grpc:Search", Fault(code=grpc.StatusCode.UNAVAILABLE))
+    mock.fail("GET /v1/.well-known/live", Fault(status=503))
+    with pytest.raises(StoreUnavailable) as info:
+        await store.search(np.ones(DIM, dtype=np.float32), 3)
+    assert to_api_error(info.value).status == 503
+    assert mock.ops("GET /v1/.well-known/live")
+
+
+async def test_http_failure_of_a_patch_is_a_store_error(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    (record,) = _records(1)
+    store = await filled(open_store, [record])
+    mock.fail("PATCH /v1/objects/*", Fault(status=500))
+    with pytest.raises(StoreError) as info:
+        await store.update_tags(record.id, ["x"])
+    assert type(info.value) is StoreError and to_api_error(info.value).status == 502
+    mock.fail("DELETE /v1/objects/*", Fault(status=503))
+    with pytest.raises(StoreUnavailable):
+        await store.delete(record.id)
+
+
+# -- collection creation and races -----------------------------------------------------------
+
+
+async def test_creates_a_missing_collection(mock: MockWeaviate, open_store: StoreOpener) -> None:
+    store = open_store()
+    await store.ensure_schema()
+    (body,) = mock.bodies("POST /v1/schema")
+    assert parse_collection_description(body["description"]) == (MODEL, DIM)
+    assert mock.collections["Image"].schema["vectorIndexConfig"]["distance"] == "cosine"
+    seen = len(mock.requests)
+    await store.ensure_schema()  # idempotent: nothing more is asked, let alone created
+    assert len(mock.requests) == seen
+    await store.close()
+    assert await mock.wait_http_connections_closed()
+    # Another replica of the same model opens what the first one made.
+    await open_store().ensure_schema()
+    assert len(mock.ops("POST /v1/schema")) == 1
+
+
+async def test_opens_an_existing_collection(mock: MockWeaviate, open_store: StoreOpener) -> None:
+    mock.add_collection(await schema_made_by())
+    await open_store().ensure_schema()
+    assert mock.ops("POST /v1/schema*") == []
+    assert mock.ops("GET /v1/schema/Image") != []
+
+
+async def test_losing_the_creation_race_is_fine(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    rival = await schema_made_by()
+    # Another replica creates it between our exists() and our create(): ours gets a 422.
+    mock.before("POST /v1/schema", lambda: mock.add_collection(rival))
+    store = open_store()
+    await store.ensure_schema()
+    assert len(mock.ops("POST /v1/schema")) == 1
+    assert mock.collections["Image"].schema["description"] == rival["description"]
+    # Usable afterwards: the connection was kept.
+    assert await store.count() == 0
+
+
+async def test_losing_the_race_to_another_model_is_a_mismatch(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    rival = await schema_made_by(model="other/model")
+    mock.before("POST /v1/schema", lambda: mock.add_collection(rival))
+    with pytest.raises(EmbeddingMismatch):
+        await open_store().ensure_schema()
+    assert await mock.wait_http_connections_closed()
+
+
+def _other_dim(schema: dict[str, Any]) -> None:
+    schema["description"] = collection_description(MODEL, DIM * 2)
+
+
+def _other_model(schema: dict[str, Any]) -> None:
+    schema["description"] = collection_description("other/model", DIM)
+
+
+def _l2(schema: dict[str, Any]) -> None:
+    schema["vectorIndexConfig"]["distance"] = "l2-squared"
+
+
+def _foreign(schema: dict[str, Any]) -> None:
+    schema["description"] = "someone else's"
+
+
+def _missing_property(schema: dict[str, Any]) -> None:
+    schema["properties"] = schema["properties"][1:]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "error"),
+    [
+        (_other_dim, EmbeddingMismatch),
+        (_other_model, EmbeddingMismatch),
+        (_l2, StoreError),
+        (_foreign, StoreError),
+        (_missing_property, StoreError),
+    ],
+    ids=["other-dim", "other-model", "l2", "foreign", "missing-property"],
+)
+async def test_refuses_unsuitable_collections(
+    mock: MockWeaviate,
+    open_store: StoreOpener,
+    spoil: Callable[[dict[str, Any]], None],
+    error: type[StoreError],
+) -> None:
+    schema = await schema_made_by()
+    spoil(schema)
+    mock.add_collection(schema)
+    with pytest.raises(error) as info:
+        await open_store().ensure_schema()
+    assert type(info.value) is error
+    assert mock.ops("POST /v1/schema*") == []  # nothing is changed on a refused collection
+    assert await mock.wait_http_connections_closed()  # a refused store lets go of them
+
+
+# -- filters, evaluated by the mock from the wire ------------------------------------------
+
+
+async def every_page(store: WeaviateVectorStore, f: ImageFilter | None, size: int) -> list[str]:
+    """Every id listed, page by page (bounded: a cursor that does not advance fails)."""
+    ids: list[str] = []
+    cursor: str | None = None
+    for _ in range(POPULATION_SIZE + 2):
+        page = await store.list(size, cursor, f)
+        ids.extend(r.id for r in page.records)
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+    raise AssertionError(f"listing did not end: {len(ids)} ids so far")
+
+
+@pytest.mark.parametrize(("name", "image_filter"), FILTER_CASES, ids=[c[0] for c in FILTER_CASES])
+async def test_filter_admits_what_the_reference_admits(
+    mock: MockWeaviate, open_store: StoreOpener, name: str, image_filter: ImageFilter
+) -> None:
+    records = _population()
+    store = await filled(open_store, records)
+    expected = sorted(r.id for r in records if image_filter.matches(r))
+
+    assert await every_page(store, image_filter, 5) == expected
+    hits = await store.search(np.ones(DIM, dtype=np.float32), POPULATION_SIZE, image_filter)
+    assert sorted(h.record.id for h in hits) == expected
+    # Every caption holds "photo": the keyword search admits what the filter admits.
+    keyword = await store.keyword_search("photo", POPULATION_SIZE, image_filter)
+    assert sorted(h.record.id for h in keyword) == expected
+    assert await store.count(image_filter) == len(expected)
+
+    (vector_search,) = [s for s in mock.searches() if s.HasField("near_vector")]
+    (keyword_search,) = [s for s in mock.searches() if s.HasField("bm25_search")]
+    (aggregate,) = mock.bodies("grpc:Aggregate")
+    if image_filter.is_empty():
+        # No filter is sent at all, and listing goes through the cursor API.
+        assert wire_filter(vector_search) is None and wire_filter(aggregate) is None
+        assert all(
+            s.after
+            for s in mock.searches()
+            if not s.HasField("near_vector") and not s.HasField("bm25_search")
+        )
+    else:
+        sent = wire_filter(vector_search)
+        assert sent is not None
+        assert wire_filter(keyword_search) == sent == wire_filter(aggregate)
+
+
+async def test_filter_with_a_cursor_admits_only_later_ids(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    records = _population()
+    store = await filled(open_store, records)
+    ids = sorted(r.id for r in records)
+    image_filter = ImageFilter(tags_any=("cat",))
+    admitted = {r.id for r in records if image_filter.matches(r)}
+    for after in (ids[0], ids[11], ids[-1]):
+        page = await store.list(POPULATION_SIZE, encode_cursor(after), image_filter)
+        assert [r.id for r in page.records] == [i for i in ids if i > after and i in admitted]
+        assert page.next_cursor is None
+        sent = wire_filter(mock.searches()[-1])
+        assert sent == (
+            "AND",
+            [("GREATER_THAN", "_id", after), ("CONTAINS_ANY", "tags", ["cat"])],
+        )
+    page = await store.list(POPULATION_SIZE, encode_cursor(ids[5]))
+    assert [r.id for r in page.records] == ids[6:]
+    last = mock.searches()[-1]
+    assert last.after == ids[5] and wire_filter(last) is None and not last.sort_by
+
+
+async def test_filter_bounds_out_of_int64_are_clamped(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    store = await filled(open_store, _population())
+    assert await store.count(ImageFilter(min_width=2**70, min_height=-(2**70))) == 0
+    (aggregate,) = mock.bodies("grpc:Aggregate")
+    assert wire_filter(aggregate) == (
+        "AND",
+        [
+            ("GREATER_THAN_EQUAL", "width", 2**63 - 1),
+            ("GREATER_THAN_EQUAL", "height", -(2**63) + 1),
+        ],
+    )
+    assert await store.count(ImageFilter(min_height=-(2**70))) == POPULATION_SIZE
+
+
+async def test_naive_datetimes_in_filters_are_utc(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    records = _population()
+    store = await filled(open_store, records)
+    naive = datetime(2024, 3, 5, 12, 0)
+    aware = naive.replace(tzinfo=timezone.utc)
+    got = await every_page(store, ImageFilter(created_after=naive), POPULATION_SIZE)
+    assert got == sorted(r.id for r in records if r.created_at > aware)
+    (name, target, value) = wire_filter(mock.searches()[-1])
+    assert (name, target) == ("GREATER_THAN", "created_at")
+    assert parse_date(value) == aware  # RFC 3339 with its offset: the instant, in UTC
+
+
+# -- requests and answers ------------------------------------------------------------------
 
 
 async def test_search_sends_the_filter_and_reads_back_vectors(
-    monkeypatch: pytest.MonkeyPatch,
+    mock: MockWeaviate, open_store: StoreOpener
 ) -> None:
-    records = _records(2)
-    store, data = await open_fake(monkeypatch, records)
+    records = _records(3, tags=["cat"])
+    store = await filled(open_store, records)
     f = ImageFilter(tags_any=("cat",), min_width=10)
-    hits = await store.search(np.ones(DIM, dtype=np.float32), 5, f)
-    ((kind, kwargs),) = data.calls
-    assert kind == "near_vector"
-    assert kwargs["limit"] == 5 and kwargs["include_vector"] is True
-    assert kwargs["return_metadata"].distance is True
-    assert _wire(kwargs["filters"]) == _wire(weaviate_filter(f))
-    assert [h.record.id for h in hits] == sorted(r.id for r in records)
-    for hit in hits:
-        assert hit.score == hit.vector_score == pytest.approx(0.75)
+    query = np.ones(DIM, dtype=np.float32)
+    hits = await store.search(query, 5, f)
+    (request,) = mock.searches()
+    assert request.limit == 5 and request.metadata.vector and request.metadata.distance
+    assert set(request.properties.non_ref_properties) == set(ImageRecord.model_fields) - {"id"}
+    assert wire_filter(request) == (
+        "AND",
+        [("CONTAINS_ANY", "tags", ["cat"]), ("GREATER_THAN_EQUAL", "width", 10)],
+    )
+    # Nearest first, the similarity being the cosine of the stored vector and the query.
+    expected = sorted(range(3), key=lambda i: -cosine(vector_of(i), query))
+    assert [h.record.id for h in hits] == [records[i].id for i in expected]
+    for hit, i in zip(hits, expected, strict=True):
+        assert hit.score == hit.vector_score == pytest.approx(cosine(vector_of(i), query), abs=1e-5)
         assert hit.keyword_score is None
         assert hit.vector is not None and hit.vector.dtype == np.float32
-        assert hit.vector.tolist() == data.objects[hit.record.id][1]
+        assert hit.vector.tolist() == vector_of(i).tolist()
+        assert hit.record.model_dump() == records[i].model_dump()
     # Without a filter, none is sent.
-    await store.search(np.ones(DIM, dtype=np.float32), 5)
-    assert data.calls[-1][1]["filters"] is None
-    await store.close()
+    await store.search(query, 5)
+    assert wire_filter(mock.searches()[-1]) is None
+    # A filter that admits nothing: the server's empty answer, not an error.
+    assert await store.search(query, 5, ImageFilter(tags_any=("dog",))) == []
 
 
-async def test_keyword_search_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    store, data = await open_fake(monkeypatch, _records(1))
+async def test_keyword_search_request(mock: MockWeaviate, open_store: StoreOpener) -> None:
+    records = [
+        *_records(1, caption="a red car", source_url="https://example.com/a"),
+        make_record(id=str(uuid.uuid4()), caption="a red boat", source_url="https://example.com/"),
+        make_record(id=str(uuid.uuid4()), caption="a red car", source_url="https://other.org/"),
+    ]
+    store = await filled(open_store, records)
     f = ImageFilter(source_domains=("example.com",))
-    (hit,) = await store.keyword_search("Red, CAR!", 3, f)
-    ((kind, kwargs),) = data.calls
-    assert kind == "bm25"
-    assert kwargs["query"] == "red car"
-    assert kwargs["query_properties"] == ["caption"]
-    assert kwargs["limit"] == 3 and kwargs["include_vector"] is True
-    assert kwargs["return_metadata"].score is True
-    assert _wire(kwargs["filters"]) == _wire(weaviate_filter(f))
-    assert hit.score == hit.keyword_score == 1.5 and hit.vector_score is None
-    assert hit.vector is not None
+    hits = await store.keyword_search("Red, CAR!", 3, f)
+    (request,) = mock.searches()
+    assert request.bm25_search.query == "red car"
+    assert list(request.bm25_search.properties) == ["caption"]
+    assert request.limit == 3 and request.metadata.vector and request.metadata.score
+    assert wire_filter(request) == ("CONTAINS_ANY", "source_domain", ["example.com"])
+    # Any term (OR), both terms rank first; the other domain is filtered out.
+    assert [h.record.id for h in hits] == [records[0].id, records[1].id]
+    for hit in hits:
+        assert hit.score == hit.keyword_score and hit.score is not None and hit.score > 0
+        assert hit.vector_score is None and hit.vector is not None
+    assert hits[0].score > hits[1].score
     # No searchable term: nothing is asked.
     assert await store.keyword_search(" ?! ", 3) == []
-    assert len(data.calls) == 1
+    assert len(mock.searches()) == 1
     with pytest.raises(ValueError):
         await store.keyword_search("red", 0)
-    await store.close()
+    assert len(mock.searches()) == 1
 
 
-async def test_count_sends_the_filter(monkeypatch: pytest.MonkeyPatch) -> None:
-    store, data = await open_fake(monkeypatch, [])
+async def test_count_sends_the_filter(mock: MockWeaviate, open_store: StoreOpener) -> None:
+    records = [*_records(3, content_type="image/png"), *_records(5)[3:]]
+    store = await filled(open_store, records)
     f = ImageFilter(content_types=("image/png",))
-    assert await store.count(f) == 7
-    assert await store.count() == 7
-    (_, with_filter), (_, without) = data.calls
-    assert with_filter["total_count"] is True
-    assert _wire(with_filter["filters"]) == _wire(weaviate_filter(f))
-    assert without["filters"] is None
-    await store.close()
+    assert await store.count(f) == 3
+    assert await store.count() == 5
+    with_filter, without = mock.bodies("grpc:Aggregate")
+    assert with_filter.objects_count and without.objects_count
+    assert wire_filter(with_filter) == ("CONTAINS_ANY", "content_type", ["image/png"])
+    assert wire_filter(without) is None
 
 
 async def test_filtered_list_pages_by_id_without_the_cursor_api(
-    monkeypatch: pytest.MonkeyPatch,
+    mock: MockWeaviate, open_store: StoreOpener
 ) -> None:
-    records = _records(5)
+    records = [*_records(4, tags=["cat"]), *_records(6)[4:]]
     ids = sorted(r.id for r in records)
-    store, data = await open_fake(monkeypatch, records)
+    cats = sorted(r.id for r in records if "cat" in r.tags)
+    store = await filled(open_store, records)
     f = ImageFilter(tags_all=("cat",))
 
     page = await store.list(2, None, f)
 
-    (_, first), *_ = data.calls
-    assert "after" not in first and first["limit"] == 3
-    assert [(s.prop, s.ascending) for s in first["sort"].sorts] == [("_id", True)]
-    assert _wire(first["filters"]) == _wire(weaviate_filter(f))
-    assert page.next_cursor is not None
-    # The fake ignores filters, so its page is the first ids; the cursor names the last.
-    assert [r.id for r in page.records] == ids[:2]
-    assert decode_cursor(page.next_cursor) == ids[1]
+    (first,) = mock.searches()
+    assert not first.after and first.limit == 3
+    assert [(list(s.path), s.ascending) for s in first.sort_by] == [(["_id"], True)]
+    assert wire_filter(first) == ("CONTAINS_ALL", "tags", ["cat"])
+    assert [r.id for r in page.records] == cats[:2]
+    assert page.next_cursor is not None and decode_cursor(page.next_cursor) == cats[1]
 
-    await store.list(2, page.next_cursor, f)
-    (_, second) = data.calls[-1]
-    assert _wire(second["filters"]) == _wire(weaviate_filter(f, after_id=ids[1]))
+    second = await store.list(2, page.next_cursor, f)
+    assert wire_filter(mock.searches()[-1]) == (
+        "AND",
+        [("GREATER_THAN", "_id", cats[1]), ("CONTAINS_ALL", "tags", ["cat"])],
+    )
+    assert [r.id for r in second.records] == cats[2:4] and second.next_cursor is None
 
     # Unfiltered (or an empty filter): the cursor API, as before.
     for empty in (None, ImageFilter()):
-        await store.list(2, page.next_cursor, empty)
-        (_, plain) = data.calls[-1]
-        assert plain["after"] == ids[1] and "filters" not in plain and "sort" not in plain
-    await store.close()
+        plain_page = await store.list(2, page.next_cursor, empty)
+        plain = mock.searches()[-1]
+        assert plain.after == cats[1] and wire_filter(plain) is None and not plain.sort_by
+        assert [r.id for r in plain_page.records] == [i for i in ids if i > cats[1]][:2]
 
 
-async def test_updates_patch_and_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_records_come_back_as_written(mock: MockWeaviate, open_store: StoreOpener) -> None:
+    """Dates come back in Go's RFC3339Nano (trailing zeros dropped), empty tags and a
+    missing source_url as the server keeps them: the records are unchanged."""
+    records = [
+        make_record(id=str(uuid.uuid4()), created_at=datetime(2024, 1, 2, tzinfo=timezone.utc)),
+        make_record(
+            id=str(uuid.uuid4()),
+            created_at=datetime(2024, 1, 2, 3, 4, 5, 250000, tzinfo=timezone(timedelta(hours=9))),
+            source_url="https://Example.com/x?y='1'",
+            tags=["ünï", "x'y", "a\\b"],
+        ),
+    ]
+    store = await filled(open_store, records)
+    for record, vector in zip(records, (vector_of(0), vector_of(1)), strict=True):
+        got = await store.get(record.id)
+        assert got is not None and got.model_dump() == record.model_dump()
+        stored = await store.get_vector(record.id)
+        assert stored is not None and stored.tolist() == vector.tolist()
+    assert await store.get(str(uuid.uuid4())) is None
+    assert await store.get_vector(str(uuid.uuid4())) is None
+    # The id lookups are `_id` equality filters on the wire, with the canonical id.
+    lookups = [wire_filter(s) for s in mock.searches()]
+    assert lookups[0] == ("EQUAL", "_id", records[0].id)
+
+
+async def test_upsert_replaces_and_reports_refused_objects(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    first, second, third = _records(3)
+    store = await filled(open_store, [first, second])
+    # A batch write of an existing id replaces the object, vector included.
+    changed = first.model_copy(update={"caption": "new caption", "tags": ["z"]})
+    await store.upsert([IndexedImage(record=changed, vector=vector_of(7))])
+    got = await store.get(first.id)
+    assert got is not None and (got.caption, got.tags) == ("new caption", ["z"])
+    vec = await store.get_vector(first.id)
+    assert vec is not None and vec.tolist() == vector_of(7).tolist()
+    assert await store.count() == 2
+    # Objects the server refuses are named; the others are written.
+    mock.refuse_objects[third.id] = "boom: refused"
+    with pytest.raises(StoreError, match=third.id) as info:
+        await store.upsert(
+            [
+                IndexedImage(record=third, vector=vector_of(3)),
+                IndexedImage(record=second, vector=vector_of(4)),
+            ]
+        )
+    assert "1 of 2" in str(info.value) and "boom: refused" in str(info.value)
+    assert await store.get(third.id) is None
+    # All refused: every id is named.
+    mock.refuse_objects[second.id] = "boom: refused"
+    with pytest.raises(StoreError) as all_failed:
+        await store.upsert(
+            [
+                IndexedImage(record=third, vector=vector_of(3)),
+                IndexedImage(record=second, vector=vector_of(4)),
+            ]
+        )
+    assert "2 of 2" in str(all_failed.value)
+    assert third.id in str(all_failed.value) and second.id in str(all_failed.value)
+
+
+async def test_delete(mock: MockWeaviate, open_store: StoreOpener) -> None:
+    first, second = _records(2)
+    store = await filled(open_store, [first, second])
+    assert await store.delete(first.id) is True
+    assert await store.delete(first.id) is False
+    assert mock.ops("DELETE *") == [f"DELETE /v1/objects/Image/{first.id}"] * 2
+    assert await store.count() == 1 and await store.get(second.id) is not None
+
+
+async def test_updates_patch_and_read_back(mock: MockWeaviate, open_store: StoreOpener) -> None:
     (record,) = _records(1, caption="old", tags=["a"])
-    store, data = await open_fake(monkeypatch, [record])
+    store = await filled(open_store, [record])
 
     updated = await store.update_tags(record.id, ["b", "x'y"])
 
     assert updated is not None and updated.tags == ["b", "x'y"]
     assert updated.model_dump(exclude={"tags"}) == record.model_dump(exclude={"tags"})
-    patch = [c for c in data.calls if c[0] == "update"]
-    assert patch == [("update", {"uuid": record.id, "properties": {"tags": ["b", "x'y"]}})]
+    assert mock.ops("PATCH *") == [f"PATCH /v1/objects/Image/{record.id}"]
+    (patch,) = mock.bodies("PATCH *")
+    assert patch["properties"] == {"tags": ["b", "x'y"]}
+    # Read back after the patch, by id.
+    assert mock.ops()[-2:] == [f"PATCH /v1/objects/Image/{record.id}", "grpc:Search"]
 
     captioned = await store.update_caption(record.id, "new", "blip/v2")
     assert captioned is not None
@@ -1027,80 +1158,103 @@ async def test_updates_patch_and_read_back(monkeypatch: pytest.MonkeyPatch) -> N
         "blip/v2",
         ["b", "x'y"],
     )
-    assert data.calls[-2] == (
-        "update",
-        {"uuid": record.id, "properties": {"caption": "new", "caption_model": "blip/v2"}},
-    )
-    await store.close()
+    assert mock.bodies("PATCH *")[-1]["properties"] == {
+        "caption": "new",
+        "caption_model": "blip/v2",
+    }
+    # The vector stayed (a PATCH, not a replacement).
+    vec = await store.get_vector(record.id)
+    assert vec is not None and vec.tolist() == vector_of(0).tolist()
 
 
-async def test_updates_of_unknown_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    store, data = await open_fake(monkeypatch, [])
+async def test_updates_of_unknown_ids(mock: MockWeaviate, open_store: StoreOpener) -> None:
+    store = await filled(open_store, _records(1))
+    before = len(mock.requests)
     missing = str(uuid.uuid4())
     assert await store.update_tags(missing, ["x"]) is None
     assert await store.update_caption(missing, "c", "m") is None
-    assert [c[0] for c in data.calls] == ["update", "update"]  # 404 -> None, nothing read
-    calls = len(data.calls)
-    for hostile in ["", "x' OR '1'='1", missing.upper()]:
+    # 404 -> None, nothing read back.
+    assert mock.ops()[before:] == [f"PATCH /v1/objects/Image/{missing}"] * 2
+    seen = len(mock.requests)
+    for hostile in ["", "x' OR '1'='1", missing.upper(), "../objects"]:
         assert await store.update_tags(hostile, ["x"]) is None
-    assert len(data.calls) == calls  # refused before any request
-    await store.close()
+        assert await store.get(hostile) is None
+        assert await store.delete(hostile) is False
+    assert len(mock.requests) == seen  # refused before any request
 
 
-def _without_source_domain() -> SimpleNamespace:
-    config = made_by()
-    config.properties = [p for p in image_properties() if p.name != "source_domain"]
-    return config
+def _legacy_schema(schema: dict[str, Any], drop: tuple[str, ...] = ("source_domain",)) -> None:
+    schema["properties"] = [p for p in schema["properties"] if p["name"] not in drop]
 
 
 async def test_ensure_schema_adds_source_domain_and_fills_it_in(
-    monkeypatch: pytest.MonkeyPatch,
+    mock: MockWeaviate, open_store: StoreOpener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ingress.stores.weaviate.store._BACKFILL_PAGE", 2)
+    assert patch_store_constant(monkeypatch, "_BACKFILL_PAGE", 2), "no _BACKFILL_PAGE to set"
     with_url = _records(3, source_url="https://Example.com/x")
     without_url = _records(4)[3:]
-    legacy = [*with_url, *without_url]
-    data = FakeData(_stored(legacy))
-    for props, _ in data.objects.values():
+    schema = await schema_made_by()
+    _legacy_schema(schema)
+    legacy = mock.add_collection(schema)
+    for i, r in enumerate([*with_url, *without_url]):
+        props = stored_json(r)
         props.pop("source_domain", None)
-    collection = FakeDataCollection(data, _without_source_domain())
-    store = WeaviateVectorStore(MODEL, DIM, "127.0.0.1")
-    monkeypatch.setattr(store, "_new_client", lambda: FakeDataClient(collection))
+        mock.put_object("Image", r.id, props, vector_of(i).tolist())
+    store = open_store()
 
     await store.ensure_schema()
 
-    (added,) = [c[1]["prop"] for c in data.calls if c[0] == "add_property"]
-    assert added.name == "source_domain"
-    assert added.dataType == DataType.TEXT and added.tokenization == Tokenization.FIELD
-    updates = sorted(c[1]["uuid"] for c in data.calls if c[0] == "update")
-    assert updates == sorted(r.id for r in with_url)
+    (added,) = mock.bodies("POST /v1/schema/Image/properties")
+    assert added["name"] == "source_domain"
+    assert added["dataType"] == ["text"] and added["tokenization"] == "field"
+    patched = sorted(op.rsplit("/", 1)[1] for op in mock.ops("PATCH *"))
+    assert patched == sorted(r.id for r in with_url)
+    assert all(b["properties"] == {"source_domain": "example.com"} for b in mock.bodies("PATCH *"))
     for r in with_url:
-        assert data.objects[r.id][0]["source_domain"] == "example.com"
-    assert "source_domain" not in data.objects[without_url[0].id][0]
+        assert legacy.objects[r.id].properties["source_domain"] == "example.com"
+    assert "source_domain" not in legacy.objects[without_url[0].id].properties
     # Paged through the cursor API, two at a time, to the end.
-    pages = [c[1] for c in data.calls if c[0] == "fetch_objects"]
-    assert [p["limit"] for p in pages] == [2, 2, 2]
-    # Opened once: a second ensure_schema adds nothing.
-    calls = len(data.calls)
+    pages = [s for s in mock.searches() if s.after]
+    assert [p.limit for p in pages] == [2, 2, 2]
+    assert set(pages[0].properties.non_ref_properties) == {"source_url", "source_domain"}
+    # Opened once: a second ensure_schema asks nothing.
+    seen = len(mock.requests)
     await store.ensure_schema()
-    assert len(data.calls) == calls
-    await store.close()
+    assert len(mock.requests) == seen
+    # The records read back whole, with the domain filled in.
+    got = await store.get(with_url[0].id)
+    assert got is not None and got.source_domain == "example.com"
+    assert await store.count(ImageFilter(source_domains=("example.com",))) == 3
 
 
 async def test_a_rival_adding_source_domain_first_is_fine(
-    monkeypatch: pytest.MonkeyPatch,
+    mock: MockWeaviate, open_store: StoreOpener
 ) -> None:
-    store, data = await open_fake(
-        monkeypatch, _records(2, source_url="https://e.com/"), _without_source_domain(), rival=True
+    schema = await schema_made_by()
+    _legacy_schema(schema)
+    mock.add_collection(schema)
+    for r in _records(2, source_url="https://e.com/"):
+        props = stored_json(r)
+        props.pop("source_domain", None)
+        mock.put_object("Image", r.id, props, vector_of(0).tolist())
+    rival = next(p for p in (await schema_made_by())["properties"] if p["name"] == "source_domain")
+    # Another replica adds it between our schema read and our add: ours gets a 422.
+    mock.before(
+        "POST /v1/schema/Image/properties",
+        lambda: mock.collections["Image"].schema["properties"].append(rival),
     )
-    assert [c[0] for c in data.calls] == ["add_property"]  # no backfill: the rival does it
-    await store.close()
+    store = open_store()
+    await store.ensure_schema()
+    assert len(mock.ops("POST /v1/schema/Image/properties")) == 1
+    assert mock.ops("PATCH *") == [] and mock.searches() == []  # no backfill: the rival does it
 
 
 async def test_a_collection_missing_other_properties_is_still_refused(
-    monkeypatch: pytest.MonkeyPatch,
+    mock: MockWeaviate, open_store: StoreOpener
 ) -> None:
-    config = made_by()
-    config.properties = [p for p in image_properties() if p.name not in ("source_domain", "tags")]
+    schema = await schema_made_by()
+    _legacy_schema(schema, drop=("source_domain", "tags"))
+    mock.add_collection(schema)
     with pytest.raises(StoreError, match="lacks properties"):
-        await open_fake(monkeypatch, [], config)
+        await open_store().ensure_schema()
+    assert mock.ops("POST /v1/schema*") == []
