@@ -172,8 +172,27 @@ class VectorStore(Protocol):
     async def update_caption(
         self, image_id: str, caption: str, caption_model: str
     ) -> ImageRecord | None:
-        """Replace a record's caption (and the model that wrote it); keyword search finds
-        it by the new caption from then on. The updated record, or None."""
+        """Replace a record's caption (and the model that wrote it) whatever its status,
+        and mark it done; keyword search finds it by the new caption from then on. The
+        updated record, or None."""
+
+    # The caption backlog's three steps. Each is a partial update of the caption fields
+    # only, applied only to a record that exists (and, for the first two, is still
+    # pending): a record deleted meanwhile stays deleted, and a caption written
+    # meanwhile is never overwritten.
+
+    async def set_caption(
+        self, image_id: str, caption: str, caption_model: str
+    ) -> ImageRecord | None:
+        """Write the caption of a pending record and mark it done; the updated record,
+        or None when there is no pending record with that id."""
+
+    async def fail_caption(self, image_id: str, reason: str) -> ImageRecord | None:
+        """Mark a pending record failed with the reason; the updated record, or None."""
+
+    async def requeue_caption(self, image_id: str) -> ImageRecord | None:
+        """Mark a record pending again (re-captioning by the worker); its caption stays
+        until the new one is written. The updated record, or None."""
 
     async def close(self) -> None: ...
 

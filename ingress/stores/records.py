@@ -48,11 +48,18 @@ def backfilled_source_domain(source_url: object, source_domain: object) -> str |
     return source_domain_of(source_url)
 
 
+# pending: indexed (findable by vector) with its caption still to come; done: the
+# caption is written; failed: captioning gave up, caption_error says why.
+CaptionStatus = Literal["pending", "done", "failed"]
+CAPTION_STATUSES: tuple[CaptionStatus, ...] = ("pending", "done", "failed")
+
+
 class ImageRecord(BaseModel):
     """Metadata of one indexed image, as stored beside its vector."""
 
     id: str
-    caption: str
+    # None until the caption is written (caption_status pending or failed).
+    caption: str | None
     width: int
     height: int
     content_type: str
@@ -65,6 +72,9 @@ class ImageRecord(BaseModel):
     embedding_model: str
     # Derived from source_url; stored beside it so that stores can filter on it.
     source_domain: str | None = None
+    # Records written before background captioning had their caption: they read "done".
+    caption_status: CaptionStatus = "done"
+    caption_error: str | None = None
 
     @model_validator(mode="after")
     def _derive_source_domain(self) -> ImageRecord:
@@ -104,6 +114,7 @@ class ImageFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     source_domains: tuple[str, ...] = ()
+    caption_statuses: tuple[str, ...] = ()
 
     def is_empty(self) -> bool:
         return self == ImageFilter()
@@ -120,6 +131,7 @@ class ImageFilter:
             and (self.created_after is None or record.created_at > self.created_after)
             and (self.created_before is None or record.created_at < self.created_before)
             and (not self.source_domains or record.source_domain in self.source_domains)
+            and (not self.caption_statuses or record.caption_status in self.caption_statuses)
         )
 
 

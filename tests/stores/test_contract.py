@@ -642,6 +642,82 @@ async def test_update_caption_moves_keyword_search_to_the_new_caption(
     assert got is not None and got.caption == "a giraffe eating"
 
 
+async def test_pending_records_round_trip_and_filter_by_caption_status(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    done = make_image(rng, vector_store)
+    pending = make_image(rng, vector_store, caption=None, caption_status="pending")
+    failed = make_image(
+        rng, vector_store, caption=None, caption_status="failed", caption_error="no model"
+    )
+    await vector_store.upsert([done, pending, failed])
+    for image in (done, pending, failed):
+        got = await vector_store.get(image.record.id)
+        assert got is not None and got.model_dump() == image.record.model_dump()
+    for status, image in (("done", done), ("pending", pending), ("failed", failed)):
+        f = ImageFilter(caption_statuses=(status,))
+        assert await vector_store.count(f) == 1
+        assert [r.id for r in (await vector_store.list(10, None, f)).records] == [image.record.id]
+        assert _ids(await vector_store.search(image.vector, 3, f)) == [image.record.id]
+    both = ImageFilter(caption_statuses=("pending", "failed"))
+    assert await vector_store.count(both) == 2
+    # A pending record has no caption for keyword search to find.
+    assert await vector_store.keyword_search("photo", 10) != []
+    assert pending.record.id not in _ids(await vector_store.keyword_search("photo", 10))
+
+
+async def test_caption_updates_are_conditional_and_partial(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    pending = make_image(rng, vector_store, caption=None, caption_status="pending", tags=["keep"])
+    other = make_image(rng, vector_store, caption=None, caption_status="pending")
+    await vector_store.upsert([pending, other])
+    image_id = pending.record.id
+
+    written = await vector_store.set_caption(image_id, "a zebra at dawn", "blip/v2")
+    assert written is not None
+    assert (written.caption, written.caption_model, written.caption_status) == (
+        "a zebra at dawn",
+        "blip/v2",
+        "done",
+    )
+    # Partial: nothing but the caption fields changed.
+    unchanged = {"caption", "caption_model", "caption_status", "caption_error"}
+    assert written.model_dump(exclude=unchanged) == pending.record.model_dump(exclude=unchanged)
+    assert _ids(await vector_store.keyword_search("zebra", 5)) == [image_id]
+    # Conditional: no longer pending, so neither a second caption nor a failure lands.
+    assert await vector_store.set_caption(image_id, "a later caption", "other") is None
+    assert await vector_store.fail_caption(image_id, "too late") is None
+    got = await vector_store.get(image_id)
+    assert got is not None and got.model_dump() == written.model_dump()
+
+    failed = await vector_store.fail_caption(other.record.id, "RuntimeError: no model")
+    assert failed is not None
+    assert (failed.caption, failed.caption_status, failed.caption_error) == (
+        None,
+        "failed",
+        "RuntimeError: no model",
+    )
+    # Requeued: pending again, the error cleared, then captioned.
+    requeued = await vector_store.requeue_caption(other.record.id)
+    assert requeued is not None
+    assert (requeued.caption_status, requeued.caption_error) == ("pending", None)
+    assert await vector_store.set_caption(other.record.id, "a lion", "blip/v2") is not None
+
+
+async def test_caption_updates_never_resurrect_a_deleted_record(
+    vector_store: VectorStore, rng: np.random.Generator
+) -> None:
+    pending = make_image(rng, vector_store, caption=None, caption_status="pending")
+    await vector_store.upsert([pending])
+    assert await vector_store.delete(pending.record.id)
+    assert await vector_store.set_caption(pending.record.id, "a ghost", "m") is None
+    assert await vector_store.fail_caption(pending.record.id, "gone") is None
+    assert await vector_store.requeue_caption(pending.record.id) is None
+    assert await vector_store.get(pending.record.id) is None
+    assert await vector_store.count() == 0
+
+
 @pytest.mark.parametrize("image_id", [str(uuid.uuid4()), "x' OR '1'='1", "", '"; --'])
 async def test_updates_of_unknown_ids_return_none(
     vector_store: VectorStore, rng: np.random.Generator, image_id: str
@@ -649,6 +725,9 @@ async def test_updates_of_unknown_ids_return_none(
     images = await fill(vector_store, rng, 3)
     assert await vector_store.update_tags(image_id, ["x"]) is None
     assert await vector_store.update_caption(image_id, "new", "m") is None
+    assert await vector_store.set_caption(image_id, "new", "m") is None
+    assert await vector_store.fail_caption(image_id, "why") is None
+    assert await vector_store.requeue_caption(image_id) is None
     # Nothing was created or changed.
     assert await vector_store.count() == 3
     assert await vector_store.count(ImageFilter(tags_any=("x",))) == 0
@@ -1020,18 +1099,23 @@ _MODEL, _DIM = "m", 16
 
 
 async def _legacy_table(path: Path, images: Sequence[IndexedImage], add_column: bool) -> None:
-    """A table as the version before source_domain wrote it: no source_domain column and
-    no caption index. With add_column, an upgrade cut short after adding the column."""
+    """A table as the version before source_domain wrote it: no source_domain column, no
+    caption index, no caption status columns, and a caption in every row. With
+    add_column, an upgrade cut short after adding the source_domain column."""
     import lancedb
     import pyarrow as pa
 
     from ingress.stores.lancedb.schema import arrow_schema
 
     full = arrow_schema(_MODEL, _DIM)
-    legacy = full.remove(full.get_field_index("source_domain"))
+    legacy = full
+    for name in ("source_domain", "caption_status", "caption_error"):
+        legacy = legacy.remove(legacy.get_field_index(name))
+    caption = legacy.get_field_index("caption")
+    legacy = legacy.set(caption, legacy.field(caption).with_nullable(False))
     rows = []
     for image in images:
-        row = image.record.model_dump(exclude={"source_domain"})
+        row = image.record.model_dump(exclude={"source_domain", "caption_status", "caption_error"})
         row["vector"] = image.vector.tolist()
         rows.append(row)
     db = await lancedb.connect_async(path)
@@ -1072,10 +1156,16 @@ async def test_lancedb_upgrades_a_table_without_source_domain(
             images[3].record.id,
         }
         assert len(await store.keyword_search("old caption", 10)) == 4
-        # New records go in beside the old ones.
+        # Records made before background captioning were captioned: they read "done".
+        assert await store.count(ImageFilter(caption_statuses=("done",))) == 4
+        # New records go in beside the old ones, pending ones (no caption yet) too.
         new = make_image(rng, store, source_url="https://example.com/new")
-        await store.upsert([new])
+        pending = make_image(rng, store, caption=None, caption_status="pending")
+        await store.upsert([new, pending])
         assert await store.count(f) == 3
+        assert await store.count(ImageFilter(caption_statuses=("pending",))) == 1
+        captioned = await store.set_caption(pending.record.id, "a late caption", "m2")
+        assert captioned is not None and captioned.caption_status == "done"
     finally:
         await store.close()
 
@@ -1088,7 +1178,7 @@ async def test_lancedb_upgrades_a_table_without_source_domain(
     again = LanceDBVectorStore(tmp_path / "db", _MODEL, _DIM)
     try:
         await again.ensure_schema()
-        assert await again.count() == 5
+        assert await again.count() == 6  # the four old records and the two new ones
     finally:
         await again.close()
     assert await table.version() == version

@@ -111,6 +111,7 @@ def test_schema_types_and_tokenization() -> None:
         "caption_model",
         "embedding_model",
         "source_domain",
+        "caption_status",
     ):
         assert props[name].dataType == DataType.TEXT, name
         assert props[name].tokenization == Tokenization.FIELD, name
@@ -121,6 +122,10 @@ def test_schema_types_and_tokenization() -> None:
     for name in ("width", "height", "size_bytes"):
         assert props[name].dataType == DataType.INT, name
     assert props["created_at"].dataType == DataType.DATE
+    # The failure reason is only read back.
+    error = props.pop("caption_error")
+    assert error.dataType == DataType.TEXT
+    assert (error.indexFilterable, error.indexSearchable) == (False, False)
     assert all(p.indexFilterable for p in props.values())
 
 
@@ -1158,9 +1163,12 @@ async def test_updates_patch_and_read_back(mock: MockWeaviate, open_store: Store
         "blip/v2",
         ["b", "x'y"],
     )
+    # A caption written by hand is a done one: the status and any error go with it.
     assert mock.bodies("PATCH *")[-1]["properties"] == {
         "caption": "new",
         "caption_model": "blip/v2",
+        "caption_status": "done",
+        "caption_error": "",
     }
     # The vector stayed (a PATCH, not a replacement).
     vec = await store.get_vector(record.id)
@@ -1183,11 +1191,15 @@ async def test_updates_of_unknown_ids(mock: MockWeaviate, open_store: StoreOpene
     assert len(mock.requests) == seen  # refused before any request
 
 
-def _legacy_schema(schema: dict[str, Any], drop: tuple[str, ...] = ("source_domain",)) -> None:
+# What the first version's collection lacked.
+LATER_PROPERTIES = ("source_domain", "caption_status", "caption_error")
+
+
+def _legacy_schema(schema: dict[str, Any], drop: tuple[str, ...] = LATER_PROPERTIES) -> None:
     schema["properties"] = [p for p in schema["properties"] if p["name"] not in drop]
 
 
-async def test_ensure_schema_adds_source_domain_and_fills_it_in(
+async def test_ensure_schema_adds_later_properties_and_fills_them_in(
     mock: MockWeaviate, open_store: StoreOpener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert patch_store_constant(monkeypatch, "_BACKFILL_PAGE", 2), "no _BACKFILL_PAGE to set"
@@ -1198,25 +1210,36 @@ async def test_ensure_schema_adds_source_domain_and_fills_it_in(
     legacy = mock.add_collection(schema)
     for i, r in enumerate([*with_url, *without_url]):
         props = stored_json(r)
-        props.pop("source_domain", None)
+        for name in LATER_PROPERTIES:
+            props.pop(name, None)
         mock.put_object("Image", r.id, props, vector_of(i).tolist())
     store = open_store()
 
     await store.ensure_schema()
 
-    (added,) = mock.bodies("POST /v1/schema/Image/properties")
-    assert added["name"] == "source_domain"
-    assert added["dataType"] == ["text"] and added["tokenization"] == "field"
-    patched = sorted(op.rsplit("/", 1)[1] for op in mock.ops("PATCH *"))
-    assert patched == sorted(r.id for r in with_url)
-    assert all(b["properties"] == {"source_domain": "example.com"} for b in mock.bodies("PATCH *"))
+    added = {body["name"]: body for body in mock.bodies("POST /v1/schema/Image/properties")}
+    assert set(added) == set(LATER_PROPERTIES)
+    for name in ("source_domain", "caption_status"):
+        assert added[name]["dataType"] == ["text"] and added[name]["tokenization"] == "field"
+    # Every old object was captioned: it gets "done"; those with a URL get their domain.
+    patches = {
+        op.rsplit("/", 1)[1]: b["properties"]
+        for op, b in zip(mock.ops("PATCH *"), mock.bodies("PATCH *"), strict=True)
+    }
+    assert set(patches) == {r.id for r in [*with_url, *without_url]}
     for r in with_url:
+        assert patches[r.id] == {"source_domain": "example.com", "caption_status": "done"}
         assert legacy.objects[r.id].properties["source_domain"] == "example.com"
+    assert patches[without_url[0].id] == {"caption_status": "done"}
     assert "source_domain" not in legacy.objects[without_url[0].id].properties
     # Paged through the cursor API, two at a time, to the end.
     pages = [s for s in mock.searches() if s.after]
     assert [p.limit for p in pages] == [2, 2, 2]
-    assert set(pages[0].properties.non_ref_properties) == {"source_url", "source_domain"}
+    assert set(pages[0].properties.non_ref_properties) == {
+        "source_url",
+        "source_domain",
+        "caption_status",
+    }
     # Opened once: a second ensure_schema asks nothing.
     seen = len(mock.requests)
     await store.ensure_schema()
@@ -1225,13 +1248,14 @@ async def test_ensure_schema_adds_source_domain_and_fills_it_in(
     got = await store.get(with_url[0].id)
     assert got is not None and got.source_domain == "example.com"
     assert await store.count(ImageFilter(source_domains=("example.com",))) == 3
+    assert await store.count(ImageFilter(caption_statuses=("done",))) == 4
 
 
 async def test_a_rival_adding_source_domain_first_is_fine(
     mock: MockWeaviate, open_store: StoreOpener
 ) -> None:
     schema = await schema_made_by()
-    _legacy_schema(schema)
+    _legacy_schema(schema, drop=("source_domain",))
     mock.add_collection(schema)
     for r in _records(2, source_url="https://e.com/"):
         props = stored_json(r)
@@ -1258,3 +1282,75 @@ async def test_a_collection_missing_other_properties_is_still_refused(
     with pytest.raises(StoreError, match="lacks properties"):
         await open_store().ensure_schema()
     assert mock.ops("POST /v1/schema*") == []
+
+
+# -- the caption backlog's updates -------------------------------------------------------
+
+
+async def test_pending_records_go_without_a_caption_and_filter_by_status(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    pending = _records(2, caption=None, caption_status="pending")
+    store = await filled(open_store, pending)
+    # No caption property is sent for a pending record (rather than a null).
+    stored = mock.collections["Image"].objects[pending[0].id].properties
+    assert "caption" not in stored and "caption_error" not in stored
+    assert stored["caption_status"] == "pending"
+    got = await store.get(pending[0].id)
+    assert got is not None and got.model_dump() == pending[0].model_dump()
+    assert await store.count(ImageFilter(caption_statuses=("pending",))) == 2
+    assert await store.count(ImageFilter(caption_statuses=("done", "failed"))) == 0
+
+
+async def test_set_caption_patches_only_a_pending_record(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    (record,) = _records(1, caption=None, caption_status="pending", tags=["keep"])
+    store = await filled(open_store, [record])
+    written = await store.set_caption(record.id, "a zebra", "blip/v2")
+    assert written is not None
+    assert (written.caption, written.caption_status, written.tags) == ("a zebra", "done", ["keep"])
+    assert mock.bodies("PATCH *")[-1]["properties"] == {
+        "caption": "a zebra",
+        "caption_model": "blip/v2",
+        "caption_status": "done",
+        "caption_error": "",
+    }
+    # Done now: a second writer's caption is not sent at all.
+    patches = len(mock.ops("PATCH *"))
+    assert await store.set_caption(record.id, "a horse", "other") is None
+    assert await store.fail_caption(record.id, "late") is None
+    assert len(mock.ops("PATCH *")) == patches
+    got = await store.get(record.id)
+    assert got is not None and got.caption == "a zebra"
+
+
+async def test_fail_and_requeue_clear_and_set_the_reason(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    (record,) = _records(1, caption=None, caption_status="pending")
+    store = await filled(open_store, [record])
+    failed = await store.fail_caption(record.id, "RuntimeError: no model")
+    assert failed is not None
+    assert (failed.caption_status, failed.caption_error) == ("failed", "RuntimeError: no model")
+    requeued = await store.requeue_caption(record.id)
+    assert requeued is not None
+    # The empty string clears the reason (a PATCH merges; it cannot unset a property).
+    assert (requeued.caption_status, requeued.caption_error) == ("pending", None)
+    assert mock.bodies("PATCH *")[-1]["properties"] == {
+        "caption_status": "pending",
+        "caption_error": "",
+    }
+
+
+async def test_caption_updates_of_a_deleted_record_create_nothing(
+    mock: MockWeaviate, open_store: StoreOpener
+) -> None:
+    (record,) = _records(1, caption=None, caption_status="pending")
+    store = await filled(open_store, [record])
+    assert await store.delete(record.id)
+    assert await store.set_caption(record.id, "a ghost", "m") is None
+    assert await store.requeue_caption(record.id) is None
+    assert record.id not in mock.collections["Image"].objects
+    # The conditional steps read first; the unconditional one's PATCH answers 404.
+    assert mock.ops("PATCH *") == [f"PATCH /v1/objects/Image/{record.id}"]

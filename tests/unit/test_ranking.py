@@ -216,7 +216,7 @@ class _MemoryStore:
         terms = set(text.lower().split())
         scored = []
         for image in self.rows.values():
-            words = image.record.caption.lower().split()
+            words = (image.record.caption or "").lower().split()
             count = sum(word in terms for word in words)
             if count and (filters is None or filters.matches(image.record)):
                 score = count / len(words)

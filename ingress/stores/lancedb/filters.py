@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ingress.stores.lancedb.schema import SOURCE_DOMAIN_COLUMN
+from ingress.stores.lancedb.schema import CAPTION_STATUS_COLUMN, SOURCE_DOMAIN_COLUMN
 from ingress.stores.records import ImageFilter
 from ingress.stores.values import clamp_int64, utc
 
@@ -55,6 +55,9 @@ def filter_sql(filters: ImageFilter | None, after_id: str | None = None) -> str 
         if filters.source_domains:
             domains = ", ".join(map(_sql_text, filters.source_domains))
             clauses.append(f"{SOURCE_DOMAIN_COLUMN} IN ({domains})")
+        if filters.caption_statuses:
+            statuses = ", ".join(map(_sql_text, filters.caption_statuses))
+            clauses.append(f"{CAPTION_STATUS_COLUMN} IN ({statuses})")
     if not clauses:
         return None
     return " AND ".join(f"({clause})" for clause in clauses)

@@ -30,6 +30,9 @@ VECTOR_COLUMN = "vector"
 CAPTION_COLUMN = "caption"
 # Added in the schema's second revision; tables made before it get it at ensure_schema.
 SOURCE_DOMAIN_COLUMN = "source_domain"
+# Added with background captioning; rows made before it read as captioned ("done").
+CAPTION_STATUS_COLUMN = "caption_status"
+CAPTION_ERROR_COLUMN = "caption_error"
 
 # The columns that make an ImageRecord, in its field order (the vector is apart).
 RECORD_COLUMNS: tuple[str, ...] = tuple(ImageRecord.model_fields)
@@ -48,7 +51,8 @@ def arrow_schema(embedding_model: str, dim: int) -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False, metadata=_PRIMARY_KEY_META),
-            pa.field("caption", pa.string(), nullable=False),
+            # Null while the caption is pending.
+            pa.field("caption", pa.string(), nullable=True),
             pa.field("width", pa.int64(), nullable=False),
             pa.field("height", pa.int64(), nullable=False),
             pa.field("content_type", pa.string(), nullable=False),
@@ -60,6 +64,8 @@ def arrow_schema(embedding_model: str, dim: int) -> pa.Schema:
             pa.field("caption_model", pa.string(), nullable=False),
             pa.field("embedding_model", pa.string(), nullable=False),
             pa.field(SOURCE_DOMAIN_COLUMN, pa.string(), nullable=True),
+            pa.field(CAPTION_STATUS_COLUMN, pa.string(), nullable=False),
+            pa.field(CAPTION_ERROR_COLUMN, pa.string(), nullable=True),
             pa.field(VECTOR_COLUMN, pa.list_(pa.float32(), dim), nullable=False),
         ],
         metadata={

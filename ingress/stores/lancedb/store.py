@@ -34,6 +34,8 @@ from ingress.stores.lancedb.filters import filter_sql
 from ingress.stores.lancedb.mapping import record_from_row, to_arrow, vector_of
 from ingress.stores.lancedb.schema import (
     CAPTION_COLUMN,
+    CAPTION_ERROR_COLUMN,
+    CAPTION_STATUS_COLUMN,
     RECORD_COLUMNS,
     VECTOR_COLUMN,
     arrow_schema,
@@ -162,9 +164,46 @@ class LanceDBVectorStore:
     async def update_caption(
         self, image_id: str, caption: str, caption_model: str
     ) -> ImageRecord | None:
-        return await self._update_record(
-            image_id, {CAPTION_COLUMN: [caption], "caption_model": [caption_model]}
+        return await self._update_caption_fields(image_id, _captioned(caption, caption_model))
+
+    async def set_caption(
+        self, image_id: str, caption: str, caption_model: str
+    ) -> ImageRecord | None:
+        return await self._update_caption_fields(
+            image_id, _captioned(caption, caption_model), only_pending=True
         )
+
+    async def fail_caption(self, image_id: str, reason: str) -> ImageRecord | None:
+        return await self._update_caption_fields(
+            image_id,
+            {CAPTION_STATUS_COLUMN: "failed", CAPTION_ERROR_COLUMN: reason},
+            only_pending=True,
+        )
+
+    async def requeue_caption(self, image_id: str) -> ImageRecord | None:
+        return await self._update_caption_fields(
+            image_id, {CAPTION_STATUS_COLUMN: "pending", CAPTION_ERROR_COLUMN: None}
+        )
+
+    async def _update_caption_fields(
+        self, image_id: str, values: dict[str, Any], *, only_pending: bool = False
+    ) -> ImageRecord | None:
+        """One conditional update, evaluated in the commit: a row deleted (or, with
+        `only_pending`, captioned) by another process meanwhile matches nothing, and a
+        commit conflict retries with the condition evaluated again."""
+        table = await self._get_table()
+        where = col("id") == lit(image_id)
+        if only_pending:
+            where = where & (col(CAPTION_STATUS_COLUMN) == lit("pending"))
+
+        async def apply() -> int:
+            result = await table.update(values, where=where)
+            return int(cast(Any, result).rows_updated)
+
+        if await write("update caption", apply) == 0:
+            return None
+        # Read back: None when it was deleted right after.
+        return await self.get(image_id)
 
     async def _update_record(
         self, image_id: str, columns: dict[str, builtins.list[Any]]
@@ -355,3 +394,12 @@ class LanceDBVectorStore:
     @staticmethod
     def _find_vector_index(indices: Any) -> Any | None:
         return next((index for index in indices if index.columns == [VECTOR_COLUMN]), None)
+
+
+def _captioned(caption: str, caption_model: str) -> dict[str, Any]:
+    return {
+        CAPTION_COLUMN: caption,
+        "caption_model": caption_model,
+        CAPTION_STATUS_COLUMN: "done",
+        CAPTION_ERROR_COLUMN: None,
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import lancedb
 import pyarrow as pa
@@ -23,7 +24,9 @@ from ingress.stores.file_lock import FileLock
 from ingress.stores.lancedb.errors import store_errors, write
 from ingress.stores.lancedb.schema import (
     CAPTION_COLUMN,
+    CAPTION_ERROR_COLUMN,
     CAPTION_FTS,
+    CAPTION_STATUS_COLUMN,
     SOURCE_DOMAIN_COLUMN,
     check_schema,
     recorded_in,
@@ -92,11 +95,30 @@ async def _create_or_open(
 
 async def _upgrade(table: lancedb.AsyncTable, schema: pa.Schema) -> None:
     """What a table made by an earlier version lacks: the source_domain column (filled
-    from source_url) and the caption full-text index. A no-op once done. Writers in
-    other processes may be committing meanwhile; every step retries."""
-    if SOURCE_DOMAIN_COLUMN not in (await table.schema()).names:
+    from source_url), the caption status columns (its rows were all captioned, so they
+    read "done"; the caption may then be null) and the caption full-text index. A no-op
+    once done. Writers in other processes may be committing meanwhile; every step
+    retries."""
+    names = (await table.schema()).names
+    if SOURCE_DOMAIN_COLUMN not in names:
         column = schema.field(SOURCE_DOMAIN_COLUMN)
         await write("add column", lambda: table.add_columns(column))
+    if CAPTION_STATUS_COLUMN not in names:
+        # One commit fills every existing row: a SQL literal, not a per-row backfill.
+        await write(
+            "add caption status",
+            lambda: table.add_columns({CAPTION_STATUS_COLUMN: "'done'"}),
+        )
+    if CAPTION_ERROR_COLUMN not in names:
+        error_column = schema.field(CAPTION_ERROR_COLUMN)
+        await write("add caption error", lambda: table.add_columns(error_column))
+    if not (await table.schema()).field(CAPTION_COLUMN).nullable:
+
+        async def nullable_caption() -> None:
+            # lancedb's stub types each alteration as an iterable of dicts; it is a dict.
+            await table.alter_columns(cast(Any, {"path": CAPTION_COLUMN, "nullable": True}))
+
+        await write("allow pending captions", nullable_caption)
     # Every open, not only right after adding the column: an upgrade cut short between
     # the two commits is finished by the next one. Normally finds nothing.
     await _backfill_source_domain(table, schema)

@@ -48,6 +48,9 @@ def weaviate_filter(filters: ImageFilter | None, after_id: str | None = None) ->
         if filters.source_domains:
             values = list(filters.source_domains)
             parts.append(Filter.by_property("source_domain").contains_any(values))
+        if filters.caption_statuses:
+            values = list(filters.caption_statuses)
+            parts.append(Filter.by_property("caption_status").contains_any(values))
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else Filter.all_of(parts)

@@ -53,12 +53,13 @@ def decode_cursor(cursor: str) -> str:
 def record_to_properties(record: ImageRecord) -> dict[str, Any]:
     """Weaviate properties for a record; ``id`` is the object id, not a property.
 
-    A missing source_url (and so source_domain) is left out rather than sent as null.
+    What a record lacks (a source_url and so a source_domain, a pending caption, an
+    error) is left out rather than sent as null.
     """
     props = record.model_dump(exclude={"id"})
     props["created_at"] = utc(record.created_at)
     props["tags"] = list(record.tags)
-    for name in ("source_url", "source_domain"):
+    for name in ("source_url", "source_domain", "caption", "caption_error"):
         if props[name] is None:
             del props[name]
     return props
@@ -71,7 +72,8 @@ def properties_to_record(object_id: uuid.UUID | str, props: Mapping[str, Any]) -
         created_at = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
     return ImageRecord(
         id=str(uuid.UUID(str(object_id))),
-        caption=props["caption"],
+        # Absent while pending; an empty string is how an update clears it.
+        caption=props.get("caption") or None,
         width=int(props["width"]),
         height=int(props["height"]),
         content_type=props["content_type"],
@@ -85,6 +87,9 @@ def properties_to_record(object_id: uuid.UUID | str, props: Mapping[str, Any]) -
         # Absent on objects written before the property existed and not yet backfilled;
         # the record then derives it from source_url.
         source_domain=props.get("source_domain"),
+        # Absent on objects written before background captioning: they were captioned.
+        caption_status=props.get("caption_status") or "done",
+        caption_error=props.get("caption_error") or None,
     )
 
 

@@ -39,10 +39,11 @@ _TEXT_FIELDS = (
     "caption_model",
     "embedding_model",
     "source_domain",
+    "caption_status",
 )
 _INT_FIELDS = ("width", "height", "size_bytes")
 # Properties a collection made by an earlier version may lack; ensure_schema adds them.
-ADDED_LATER = ("source_domain",)
+ADDED_LATER = ("source_domain", "caption_status", "caption_error")
 # Every ImageRecord field but ``id``, which is the object id; in record field order.
 RECORD_PROPERTIES: tuple[str, ...] = tuple(
     name for name in ImageRecord.model_fields if name != "id"
@@ -81,6 +82,13 @@ def image_properties() -> list[Property]:
             index_filterable=True,
         ),
         Property(name="created_at", data_type=DataType.DATE, index_filterable=True),
+        # Read back, never filtered or searched on.
+        Property(
+            name="caption_error",
+            data_type=DataType.TEXT,
+            index_searchable=False,
+            index_filterable=False,
+        ),
     ]
     # Kept in record field order, which makes the schema easy to compare with the model.
     order = {name: i for i, name in enumerate(RECORD_PROPERTIES)}

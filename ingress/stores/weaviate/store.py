@@ -96,27 +96,39 @@ class WeaviateVectorStore(WeaviateCollection):
         names: Sequence[str],
     ) -> None:
         """Add properties an earlier version's collection lacks. The replica that adds
-        source_domain also fills it in from source_url on the objects already there."""
+        source_domain or caption_status also fills them in on the objects already there:
+        source_domain from source_url, caption_status "done" (they were captioned), so
+        that filters on either find the old objects too."""
         by_name = {prop.name: prop for prop in image_properties()}
-        for name in names:
-            added = await self._add_property(client, collection, by_name[name])
-            if added and name == "source_domain":
-                await self._backfill_source_domain(collection)
+        added = [
+            name for name in names if await self._add_property(client, collection, by_name[name])
+        ]
+        if {"source_domain", "caption_status"} & set(added):
+            await self._backfill(collection)
 
-    async def _backfill_source_domain(self, collection: CollectionAsync) -> None:
-        # The collection keeps no null-state index, so "source_domain is absent" cannot
+    async def _backfill(self, collection: CollectionAsync) -> None:
+        # The collection keeps no null-state index, so "the property is absent" cannot
         # be a filter: every object is visited, a page at a time, in cursor API order.
         after = NIL_UUID
         while True:
             page = await self._fetch_page(
-                collection, after, _BACKFILL_PAGE, ["source_url", "source_domain"]
+                collection,
+                after,
+                _BACKFILL_PAGE,
+                ["source_url", "source_domain", "caption_status"],
             )
             for obj in page:
+                props = obj.properties
+                patch: dict[str, Any] = {}
                 domain = backfilled_source_domain(
-                    obj.properties.get("source_url"), obj.properties.get("source_domain")
+                    props.get("source_url"), props.get("source_domain")
                 )
                 if domain is not None:
-                    await self._patch(collection, str(obj.uuid), {"source_domain": domain})
+                    patch["source_domain"] = domain
+                if not props.get("caption_status"):
+                    patch["caption_status"] = "done"
+                if patch:
+                    await self._patch(collection, str(obj.uuid), patch)
             if len(page) < _BACKFILL_PAGE:
                 return
             after = str(page[-1].uuid)
@@ -349,7 +361,33 @@ class WeaviateVectorStore(WeaviateCollection):
     async def update_caption(
         self, image_id: str, caption: str, caption_model: str
     ) -> ImageRecord | None:
-        return await self._update(image_id, {"caption": caption, "caption_model": caption_model})
+        return await self._update(image_id, _captioned(caption, caption_model))
+
+    async def set_caption(
+        self, image_id: str, caption: str, caption_model: str
+    ) -> ImageRecord | None:
+        return await self._update_pending(image_id, _captioned(caption, caption_model))
+
+    async def fail_caption(self, image_id: str, reason: str) -> ImageRecord | None:
+        return await self._update_pending(
+            image_id, {"caption_status": "failed", "caption_error": reason}
+        )
+
+    async def requeue_caption(self, image_id: str) -> ImageRecord | None:
+        return await self._update(image_id, {"caption_status": "pending", "caption_error": ""})
+
+    async def _update_pending(
+        self, image_id: str, properties: dict[str, Any]
+    ) -> ImageRecord | None:
+        """A PATCH of a record that is still pending. Weaviate has no conditional write:
+        the status is read, then patched, and a PATCH of an object deleted in between
+        answers 404 rather than creating it. What is left is a writer that captions the
+        same record between the read and the PATCH; one caption worker runs at a time,
+        and both would write a caption of the same image."""
+        record = await self.get(image_id)
+        if record is None or record.caption_status != "pending":
+            return None
+        return await self._update(image_id, properties)
 
     async def _update(self, image_id: str, properties: dict[str, Any]) -> ImageRecord | None:
         object_id = canonical_uuid(image_id)
@@ -361,3 +399,13 @@ class WeaviateVectorStore(WeaviateCollection):
         # Read back rather than patched locally: another replica may have changed the
         # object's other properties meanwhile. None when it was deleted in between.
         return await self.get(object_id)
+
+
+def _captioned(caption: str, caption_model: str) -> dict[str, Any]:
+    # An empty caption_error clears it: PATCH merges, it cannot unset a property.
+    return {
+        "caption": caption,
+        "caption_model": caption_model,
+        "caption_status": "done",
+        "caption_error": "",
+    }
