@@ -35,22 +35,24 @@ def compose(
     captioner: Deployment | None = None,
     embedder: Deployment | None = None,
     ingress: Deployment | None = None,
+    caption_worker: Deployment | None = None,
 ) -> Application:
-    """The graph with replaceable deployment options (tests run replicas at num_cpus 0)."""
+    """The graph with replaceable deployment options (tests run replicas at num_cpus 0).
+    The caption worker shares the Captioner and Embedder with the Ingress; it is bound
+    into the Ingress only so that Serve deploys it with the graph."""
     # Imported here, not at the top: the Ingress replica imports this module for
     # `assemble`, and must not load torch and transformers, which only the model
     # deployments run.
     from deployments.captioner import Captioner
     from deployments.embedder import Embedder
     from ingress.http.deployment import Ingress
+    from ingress.workers.caption_worker import CaptionWorkerDeployment
 
     args = args.with_absolute_paths()
-    return (ingress or Ingress).bind(
-        (captioner or Captioner).bind(args.captioner),
-        (embedder or Embedder).bind(args.embedder),
-        args,
-        assemble,
-    )
+    captioner_app = (captioner or Captioner).bind(args.captioner)
+    embedder_app = (embedder or Embedder).bind(args.embedder)
+    worker_app = (caption_worker or CaptionWorkerDeployment).bind(captioner_app, embedder_app, args)
+    return (ingress or Ingress).bind(captioner_app, embedder_app, args, assemble, worker_app)
 
 
 async def assemble(

@@ -219,6 +219,32 @@ class RateLimitArgs(BaseModel):
     )
 
 
+class CaptionWorkerArgs(_Strict):
+    """The caption worker: drains the backlog of "pending" records (background mode)."""
+
+    enabled: bool = True
+    # Captions in flight at once. Enough to fill the Captioner's batches on every
+    # replica (max_batch_size x replicas, or more), so that its autoscaler sees the
+    # backlog as ongoing requests; more only queues in the Captioner.
+    concurrency: int = Field(default=32, ge=1, le=4096)
+    # Records read from the store per page of the backlog.
+    page_size: int = Field(default=128, ge=1, le=10_000)
+    # Failures before a record is marked "failed" with the last reason; the wait
+    # before retry n is backoff_s * 2 ** (n - 1).
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_s: float = Field(default=5.0, ge=0)
+    # How often an empty backlog is looked at again.
+    idle_poll_s: float = Field(default=2.0, gt=0, le=3600)
+
+
+class CaptioningArgs(_Strict):
+    """When captions are made: `background` (default) indexes an upload at embedding
+    speed and captions it later; `inline` captions before answering, as before."""
+
+    mode: Literal["background", "inline"] = "background"
+    worker: CaptionWorkerArgs = Field(default_factory=CaptionWorkerArgs)
+
+
 class AppArgs(_Strict):
     """Everything `build_app` needs; see serve_config.yaml for a commented example."""
 
@@ -231,6 +257,7 @@ class AppArgs(_Strict):
     auth: AuthArgs = Field(default_factory=AuthArgs)
     rate_limit: RateLimitArgs = Field(default_factory=RateLimitArgs)
     thumbnails: ThumbnailArgs = Field(default_factory=ThumbnailArgs)
+    captioning: CaptioningArgs = Field(default_factory=CaptioningArgs)
     # A model call slower than this becomes a 504 for its request.
     model_timeout_s: float = Field(default=120.0, gt=0)
 

@@ -91,6 +91,10 @@ class SearchOutcome:
 _Fetch = Callable[[int], Awaitable[list[RankedHit]]]
 
 
+async def _no_caption() -> None:
+    return None
+
+
 class ImageService:
     def __init__(
         self,
@@ -111,8 +115,16 @@ class ImageService:
         return await asyncio.to_thread(decode_image, data, self.limits, declared_type)
 
     async def add(
-        self, image: DecodedImage, tags: list[str], source_url: str | None = None
+        self,
+        image: DecodedImage,
+        tags: list[str],
+        source_url: str | None = None,
+        *,
+        caption_now: bool = True,
     ) -> Added:
+        """Store the image (blob first, record last). With `caption_now` the caption is
+        made before the record is written; without, the record is written "pending"
+        and the caption backlog (ingress.core.captioning) fills it in later."""
         image_id = image_id_for(image.sha256)
         existing = await self.vectors.get(image_id)
         if existing is not None:
@@ -120,7 +132,7 @@ class ImageService:
 
         record_key = blob_key_for(image.sha256)
         caption, vector, stored = await asyncio.gather(
-            self.models.caption(image.pixels),
+            self.models.caption(image.pixels) if caption_now else _no_caption(),
             self.models.embed_image(image.pixels),
             self.blobs.put(record_key, image.data, image.content_type),
             return_exceptions=True,
@@ -130,7 +142,7 @@ class ImageService:
             if not isinstance(stored, BaseException):
                 await self._drop_unreferenced_blob(image_id, record_key)
             raise failure
-        assert isinstance(caption, str) and isinstance(vector, np.ndarray)
+        assert (caption is None or isinstance(caption, str)) and isinstance(vector, np.ndarray)
 
         try:
             near = await self._nearest_other(image_id, vector)
@@ -140,6 +152,7 @@ class ImageService:
         record = ImageRecord(
             id=image_id,
             caption=caption,
+            caption_status="done" if caption_now else "pending",
             width=image.width,
             height=image.height,
             content_type=image.content_type,

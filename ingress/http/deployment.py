@@ -35,7 +35,11 @@ class ImageSearchApi:
         embedder: DeploymentHandle,
         args: AppArgs,
         assemble: Assemble,
+        caption_worker: DeploymentHandle | None = None,
     ) -> None:
+        # The caption worker drains the backlog on its own; the Ingress holds its
+        # handle only because Serve deploys what the ingress is bound to.
+        self.caption_worker = caption_worker
         self.runtime = await assemble(args, captioner, embedder)
         models = self.runtime.models
         logger.info(

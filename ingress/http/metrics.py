@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ray.util.metrics import Counter, Histogram
+from ray.util.metrics import Counter, Gauge, Histogram
 
 _LATENCY_MS: list[float] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+_LAG_S: list[float] = [1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600]
 
 
 class ServiceMetrics:
@@ -34,6 +35,31 @@ class ServiceMetrics:
             boundaries=_LATENCY_MS,
             tag_keys=("kind",),
         )
+
+        self.captions_written = Counter(
+            "imagesearch_captions_written_total",
+            description="Captions the caption worker wrote to pending records.",
+        )
+        self.captions_failed = Counter(
+            "imagesearch_captions_failed_total",
+            description="Records marked caption_status failed after their last retry.",
+        )
+        self.caption_lag = Histogram(
+            "imagesearch_caption_lag_s",
+            description="Seconds from ingest to the caption being written (background mode).",
+            boundaries=_LAG_S,
+        )
+        self.caption_backlog = Gauge(
+            "imagesearch_caption_backlog",
+            description="Records waiting for a caption (caption_status pending).",
+        )
+
+    def caption_written(self, lag_s: float) -> None:
+        self.captions_written.inc()
+        self.caption_lag.observe(lag_s)
+
+    def caption_failed(self) -> None:
+        self.captions_failed.inc()
 
 
 @lru_cache(maxsize=1)

@@ -212,7 +212,8 @@ def test_serve_config_validates_against_serve_and_app_args(name: str) -> None:
     app = _app(config)
     assert app["import_path"] == "ingress.app:build_app"
     AppArgs.model_validate(app["args"])
-    assert set(_deployments(config)) == {"Ingress", *MODELS}
+    assert set(_deployments(config)) == {"Ingress", "CaptionWorker", *MODELS}
+    assert _deployments(config)["CaptionWorker"]["num_replicas"] == 1
 
 
 def test_unknown_serve_keys_are_reported() -> None:
@@ -234,6 +235,8 @@ def test_batches_can_fill_and_autoscaling_targets_are_reachable(name: str) -> No
         needed = _batch_capacity(deployment) * MAX_CONCURRENT_BATCHES
         assert deployment["max_ongoing_requests"] >= needed, model
     for deployment in deployments.values():
+        if "autoscaling_config" not in deployment:
+            continue  # a fixed number of replicas (the caption worker)
         autoscaling = deployment["autoscaling_config"]
         assert autoscaling["min_replicas"] <= autoscaling["max_replicas"]
         assert autoscaling["target_ongoing_requests"] <= deployment["max_ongoing_requests"]
@@ -324,7 +327,9 @@ def test_replicas_fit_the_worker_groups(
         hosts = [group for group in groups if _hosts(group, deployment)]
         assert len(hosts) == 1, deployment["name"]
         group, options = hosts[0], deployment["ray_actor_options"]
-        count = deployment["autoscaling_config"][replicas]
+        # A fixed number of replicas (the caption worker) counts at both ends.
+        autoscaling = deployment.get("autoscaling_config")
+        count = autoscaling[replicas] if autoscaling else deployment["num_replicas"]
         pod_cpus, pod_gpus = _pod_resources(group)
         assert options["num_cpus"] <= pod_cpus and options.get("num_gpus", 0) <= pod_gpus
         needs[group["groupName"]][0] += count * options["num_cpus"]

@@ -53,12 +53,14 @@ def loaded_after_import(*modules: str) -> set[str]:
         ),
         # What the model deployments promise, without the models.
         (("deployments.contracts", "deployments.settings"), HEAVY_WEB + MODELS),
-        # What an Ingress replica imports: its deployment and the builder's `assemble`.
+        # What an Ingress replica imports: its deployment and the builder's `assemble`;
+        # and the caption worker's replica.
         (("ingress.http.deployment", "ingress.app"), MODELS),
+        (("ingress.workers.caption_worker",), MODELS),
         # The command-line client speaks HTTP only.
         (("imagesearch_cli.main",), ("ray", *MODELS)),
     ],
-    ids=["core", "settings", "stores", "model-contracts", "ingress-replica", "cli"],
+    ids=["core", "settings", "stores", "model-contracts", "ingress-replica", "worker", "cli"],
 )
 def test_light_modules_load_nothing_heavy(
     modules: tuple[str, ...], forbidden: tuple[str, ...]
@@ -78,6 +80,17 @@ ALLOWED: dict[str, set[str]] = {
         "ingress.core",
         "ingress.stores",
         "ingress.settings",
+        "deployments.contracts",
+        "deployments.settings",
+    },
+    # The background runners share the Serve-side model client and metrics with the edge.
+    "ingress.workers": {
+        "ingress.workers",
+        "ingress.core",
+        "ingress.stores",
+        "ingress.settings",
+        "ingress.http.model_client",
+        "ingress.http.metrics",
         "deployments.contracts",
         "deployments.settings",
     },

@@ -31,7 +31,14 @@ def test_validates_against_serve_and_app_args(config: dict[str, Any]) -> None:
     assert app["import_path"] == "ingress.app:build_app"
     args = AppArgs.model_validate(app["args"])
     assert str(args.storage.data_dir) == "data"
-    assert set(_deployments(config)) == {"Ingress", "Captioner", "Embedder"}
+    assert set(_deployments(config)) == {"Ingress", "Captioner", "Embedder", "CaptionWorker"}
+    assert args.captioning.mode == "background"
+
+
+def _max_replicas(deployment: dict[str, Any]) -> int:
+    if "autoscaling_config" in deployment:
+        return int(deployment["autoscaling_config"]["max_replicas"])
+    return int(deployment.get("num_replicas", 1))
 
 
 def test_misspelt_arg_fails_with_its_name(config: dict[str, Any]) -> None:
@@ -43,8 +50,7 @@ def test_misspelt_arg_fails_with_its_name(config: dict[str, Any]) -> None:
 
 def test_replicas_fit_two_cores(config: dict[str, Any]) -> None:
     total = sum(
-        d["ray_actor_options"]["num_cpus"] * d["autoscaling_config"]["max_replicas"]
-        for d in _deployments(config).values()
+        d["ray_actor_options"]["num_cpus"] * _max_replicas(d) for d in _deployments(config).values()
     )
     assert total <= 2.0
 
@@ -56,8 +62,13 @@ def test_batches_can_fill_and_targets_are_reachable(config: dict[str, Any]) -> N
     queues = embedder["user_config"]
     assert embedder["max_ongoing_requests"] >= sum(q["max_batch_size"] for q in queues.values())
     for deployment in deployments.values():
+        if "autoscaling_config" not in deployment:
+            continue  # a fixed number of replicas (the caption worker)
         target = deployment["autoscaling_config"]["target_ongoing_requests"]
         assert target <= deployment["max_ongoing_requests"]
+    # The worker keeps the Captioner's batches full.
+    concurrency = config["applications"][0]["args"]["captioning"]["worker"]["concurrency"]
+    assert concurrency >= captioner["user_config"]["max_batch_size"]
 
 
 def test_store_choice_is_configuration_only() -> None:

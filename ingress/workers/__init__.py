@@ -1,0 +1,1 @@
+"""Background runners of the core's rules inside the Serve graph (no HTTP)."""
