@@ -64,6 +64,19 @@ async def fetch_image(url: str, runtime: Runtime) -> DecodedImage:
     return await runtime.service.decode(fetched.data, fetched.content_type)
 
 
+def form_flag(form: FormData, name: str) -> bool:
+    """A true/false form field; absent is false."""
+    value = form.get(name)
+    if value is None:
+        return False
+    if isinstance(value, UploadFile) or value.strip().lower() not in _FLAGS:
+        raise InvalidRequest(f"{name}: must be true or false")
+    return _FLAGS[value.strip().lower()]
+
+
+_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+
+
 def tags(raw: list[str], runtime: Runtime) -> list[str]:
     limits = runtime.args.intake
     return normalise_tags(raw, limits.max_tags, limits.max_tag_chars)

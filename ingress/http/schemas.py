@@ -26,9 +26,22 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 MAX_DIMENSION = 2**31 - 1
 
 
+CaptionStatus = Literal["pending", "done", "failed"]
+
+
 class ImageOut(BaseModel):
     id: str
-    caption: str
+    caption: str | None = Field(
+        description="BLIP's caption; null while caption_status is pending (or failed)."
+    )
+    caption_status: CaptionStatus = Field(
+        default="done",
+        description="pending: indexed and searchable by vector, caption to come; done; "
+        "failed: captioning gave up (see caption_error).",
+    )
+    caption_error: str | None = Field(
+        default=None, description="Why captioning failed, when caption_status is failed."
+    )
     width: int
     height: int
     content_type: str
@@ -77,6 +90,9 @@ class _Body(BaseModel):
 class AddByUrl(_Body):
     url: str = Field(min_length=1, max_length=4096)
     tags: list[str] = Field(default_factory=list)
+    wait_for_caption: StrictBool = Field(
+        default=False, description="Caption before answering, even in background mode."
+    )
 
 
 class SearchFilters(_Body):
@@ -100,6 +116,14 @@ class SearchFilters(_Body):
     source_domains: list[str] = Field(
         default_factory=list, max_length=20, description="Hosts, e.g. example.com (exact)."
     )
+    caption_status: list[CaptionStatus] = Field(
+        default_factory=list, max_length=3, description="One of: pending, done, failed."
+    )
+
+    @field_validator("caption_status", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("content_types", "source_domains")
     @classmethod
@@ -143,6 +167,7 @@ class SearchFilters(_Body):
             created_after=self.created_after,
             created_before=self.created_before,
             source_domains=tuple(self.source_domains),
+            caption_statuses=tuple(dict.fromkeys(self.caption_status)),
         )
 
 
@@ -267,6 +292,7 @@ class Health(BaseModel):
 
     status: str
     images: int
+    caption_backlog: int = Field(description="Images waiting for a caption.")
     caption_model: str
     embedding_model: str
     embedding_dim: int

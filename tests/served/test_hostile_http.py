@@ -403,6 +403,8 @@ def _deploy(
                 "max_frames": MAX_FRAMES,
             },
             "url_fetch": url_fetch,
+            # The accepted-file tests read the caption each upload answers with.
+            "captioning": {"mode": "inline"},
         }
     )
     deploy_graph(args, name, f"/{name}")

@@ -24,7 +24,7 @@ import pytest
 import ray
 from PIL import Image
 
-from tests.support.served_app import Deployed, served, tiny_graph_args
+from tests.support.served_app import Deployed, replica_name, served, tiny_graph_args
 
 APP = "replica-failure"
 # The longest wait BatchSettings allows; the kill comes long before it runs out.
@@ -73,20 +73,7 @@ def _png(seed: int) -> bytes:
 
 
 def _replica(deployment: str) -> str:
-    """The name of the one live replica actor of `deployment` in this app.
-
-    Serve names replica actors `SERVE_REPLICA::<app>#<deployment>#<unique id>` in the
-    "serve" namespace; a replacement gets a new unique id. (ray.util.state would say the
-    same, but it needs the dashboard, which the test session does not start.)
-    """
-    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
-    names = [
-        actor["name"]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["namespace"] == "serve" and actor["name"].startswith(prefix)
-    ]
-    assert len(names) == 1, names
-    return str(names[0])
+    return replica_name(APP, deployment)
 
 
 def _ongoing_requests(replica: str) -> int:

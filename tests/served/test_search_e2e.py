@@ -134,6 +134,8 @@ def corpus(
             "embedder": {"model": {"model_id": str(tiny_clip_dir)}},
             "url_fetch": {"allow_private_addresses": True},
             "search": {"near_duplicate_similarity": NEAR_DUPLICATE},
+            # The keyword tests read captions right after each upload.
+            "captioning": {"mode": "inline"},
         }
     )
     data = {spec.name: _encode(_pixels(spec), spec.fmt) for spec in SPECS}

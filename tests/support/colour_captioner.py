@@ -8,14 +8,11 @@ test chose for that colour: a resized or recompressed copy keeps its caption.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from ray import serve
 
-from deployments.batching import replica_tag
-from deployments.contracts import CaptionerInfo, validate_image_array
-from deployments.settings import BatchSettings
+from deployments.contracts import validate_image_array
+from tests.support.stand_in_captioner import StandInCaptioner
 
 MODEL_ID = "test/colour-captioner"
 
@@ -50,26 +47,12 @@ def dominant_colour(pixels: np.ndarray) -> str:
     return list(PALETTE)[int(np.bincount(nearest, minlength=len(PALETTE)).argmax())]
 
 
-class ColourCaptioner:
-    def __init__(self, settings: Any = None) -> None:
-        # compose() passes the captioner settings; there is no model to load.
-        del settings
+class ColourCaptioner(StandInCaptioner):
+    model_id = MODEL_ID
 
     async def caption(self, image: np.ndarray) -> str:
         validate_image_array(image)
         return CAPTIONS[dominant_colour(image)]
-
-    def info(self) -> CaptionerInfo:
-        return CaptionerInfo(
-            model_id=MODEL_ID,
-            device="cpu",
-            dtype="uint8",
-            replica=replica_tag(),
-            batching=BatchSettings(),
-        )
-
-    async def check_health(self) -> None:
-        return None
 
 
 ColourCaptionerDeployment = serve.deployment(name="Captioner", max_ongoing_requests=32)(

@@ -19,6 +19,7 @@ from deployments.embedder import Embedder
 from ingress.app import compose
 from ingress.http.deployment import Ingress
 from ingress.settings import AppArgs
+from ingress.workers.caption_worker import CaptionWorkerDeployment
 
 
 def tiny_graph_args(
@@ -30,7 +31,11 @@ def tiny_graph_args(
     **sections: Any,
 ) -> AppArgs:
     """The builder's args for the graph on the tiny test models; `sections` are further
-    top-level settings (intake, auth, ...). Short captions keep generation cheap."""
+    top-level settings (intake, auth, ...). Short captions keep generation cheap.
+    Captions are made inline unless `captioning` says otherwise: most served tests
+    check what an upload answers with its caption; tests/served/test_captions_e2e.py
+    tests the background mode."""
+    sections.setdefault("captioning", {"mode": "inline"})
     return AppArgs.model_validate(
         {
             "storage": storage,
@@ -53,9 +58,11 @@ def deploy_graph(
     captioner_options: dict[str, Any] | None = None,
     embedder_options: dict[str, Any] | None = None,
     captioner: Deployment = Captioner,
+    worker_options: dict[str, Any] | None = None,
 ) -> None:
-    """serve.run the graph; `ingress_env` reaches the ingress replica as environment
-    variables, the way a Kubernetes Secret would. `captioner` replaces BLIP with another
+    """serve.run the graph; `ingress_env` reaches the replicas that open the stores (the
+    ingress and the caption worker) as environment variables, the way a Kubernetes
+    Secret would. `captioner` replaces BLIP with another
     deployment of the same interface (a deterministic one for search tests)."""
     zero: dict[str, Any] = {"num_cpus": 0}
     ingress_actor = {**zero, "runtime_env": {"env_vars": ingress_env}} if ingress_env else zero
@@ -64,6 +71,8 @@ def deploy_graph(
         captioner.options(ray_actor_options=zero, **(captioner_options or {})),
         Embedder.options(ray_actor_options=zero, **(embedder_options or {})),
         Ingress.options(ray_actor_options=ingress_actor),
+        # The worker opens the same stores, with the same credentials.
+        CaptionWorkerDeployment.options(ray_actor_options=ingress_actor, **(worker_options or {})),
     )
     serve.run(app, name=name, route_prefix=route_prefix)
 
@@ -103,3 +112,28 @@ def served(
             yield Deployed(client, args.storage.data_dir)
     finally:
         serve.delete(name)
+
+
+def replica_names(app: str, deployment: str) -> list[str]:
+    """The names of the live replica actors of `deployment` in `app` (none while Serve
+    replaces a dead one).
+
+    Serve names replica actors `SERVE_REPLICA::<app>#<deployment>#<unique id>` in the
+    "serve" namespace; a replacement gets a new unique id. (ray.util.state would say the
+    same, but it needs the dashboard, which the test session does not start.)
+    """
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return [
+        str(actor["name"])
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == "serve" and actor["name"].startswith(prefix)
+    ]
+
+
+def replica_name(app: str, deployment: str) -> str:
+    """The name of the one live replica actor of `deployment` in `app`."""
+    names = replica_names(app, deployment)
+    assert len(names) == 1, names
+    return names[0]

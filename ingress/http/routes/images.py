@@ -50,23 +50,34 @@ _IMMUTABLE = "public, max-age=31536000, immutable"
     summary="Add an image by upload (multipart `file`) or by URL (JSON `url`)",
     **ADD_ROUTE,
 )
-async def add_image(request: Request, response: Response, runtime: RuntimeDep) -> AddedImage:
+async def add_image(
+    request: Request,
+    response: Response,
+    runtime: RuntimeDep,
+    wait_for_caption: Annotated[
+        bool | None,
+        Query(description="Caption before answering, even in background mode."),
+    ] = None,
+) -> AddedImage:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await deps.read_form(request, runtime)
         image = await deps.decode_upload(form, runtime)
         tags = deps.tags([str(v) for v in form.getlist("tags")], runtime)
         source_url = None
+        wait = deps.form_flag(form, "wait_for_caption")
     elif content_type.startswith("application/json"):
         body = deps.parse_json(AddByUrl, await request.body())
         tags = deps.tags(body.tags, runtime)
         image = await deps.fetch_image(body.url, runtime)
         source_url = body.url
+        wait = body.wait_for_caption
     else:
         raise UnsupportedMediaType(
             "send multipart/form-data with a `file` field, or JSON with a `url`"
         )
-    added = await runtime.service.add(image, tags, source_url)
+    caption_now = runtime.args.captioning.mode == "inline" or bool(wait_for_caption) or bool(wait)
+    added = await runtime.service.add(image, tags, source_url, caption_now=caption_now)
     service_metrics().images_added.inc(
         tags={
             "source": "url" if source_url else "upload",
@@ -98,6 +109,9 @@ async def list_images(
     created_after: Annotated[str | None, Query(description=DATETIME_QUERY)] = None,
     created_before: Annotated[str | None, Query(description=DATETIME_QUERY)] = None,
     source_domains: Annotated[list[str] | None, Query(description="Repeatable.")] = None,
+    caption_status: Annotated[
+        list[str] | None, Query(description="pending, done or failed; repeatable.")
+    ] = None,
 ) -> ImageList:
     """The same filters as the searches' `filters` object, as query parameters."""
     deps.check_limit(limit, runtime.args.search.max_list_limit)
@@ -110,6 +124,7 @@ async def list_images(
         "created_after": created_after,
         "created_before": created_before,
         "source_domains": source_domains,
+        "caption_status": caption_status,
     }
     filters = deps.validated(SearchFilters, {k: v for k, v in given.items() if v is not None})
     page, total = await runtime.service.list(limit, cursor, deps.store_filter(filters, runtime))

@@ -327,7 +327,10 @@
 
     const caption = document.createElement("p");
     caption.className = "caption";
-    caption.textContent = image.caption || "(no caption)";
+    caption.textContent = captionText(image);
+    if (image.caption_status && image.caption_status !== "done") {
+      caption.classList.add(image.caption_status);
+    }
 
     const meta = document.createElement("p");
     meta.className = "meta";
@@ -554,6 +557,15 @@
     el.uploadForm.reset();
   });
 
+  // Captions are written after the upload in background mode: a pending one says so,
+  // and the next search shows it once the caption worker has written it.
+  function captionText(image) {
+    if (image.caption) return image.caption;
+    if (image.caption_status === "pending") return "(caption pending)";
+    if (image.caption_status === "failed") return "(captioning failed)";
+    return "(no caption)";
+  }
+
   function uploadItem(name, record) {
     const li = document.createElement("li");
     li.className = "uploaded";
@@ -567,7 +579,8 @@
     let outcome = record.duplicate ? "already indexed (duplicate)" : "added";
     const near = record.near_duplicate_of;
     if (near && near.id) outcome += `; near duplicate of ${near.id} (score ${fmt(near.score)})`;
-    text.textContent = `${name}: ${outcome}: “${record.caption}”`;
+    const said = record.caption ? `“${record.caption}”` : captionText(record);
+    text.textContent = `${name}: ${outcome}: ${said}`;
     const open = document.createElement("button");
     open.type = "button";
     open.textContent = "Open";
