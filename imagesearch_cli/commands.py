@@ -227,6 +227,7 @@ def status(args: argparse.Namespace, conn: Connection) -> int:
             return OK
         print(f"service     {conn.url}  {health.get('status', '?')}")
         print(f"images      {health.get('images', '?')}")
+        print(f"to caption  {health.get('caption_backlog', '?')}")
         print(f"captioner   {health.get('caption_model', '?')}")
         print(
             f"embedder    {health.get('embedding_model', '?')} (dim {health.get('embedding_dim', '?')})"

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import TextIO
 
+from imagesearch_cli.captions import CaptionWait, wait_for_captions
 from imagesearch_cli.commands import FAILED, INTERRUPTED, OK, USAGE, Connection, fail
 from imagesearch_cli.indexer import IndexRun, Summary
 from imagesearch_cli.journal import Journal, journal_path
@@ -30,6 +31,16 @@ def report(summary: Summary, out: TextIO) -> None:
             print(f"  {failure.label}: {failure.reason}", file=out)
 
 
+def report_captions(wait: CaptionWait, out: TextIO) -> None:
+    print(
+        f"captioned {wait.done}, caption failed {len(wait.failed)}, "
+        f"still pending {len(wait.pending)}",
+        file=out,
+    )
+    for image_id, reason in wait.failed:
+        print(f"  {image_id}: {reason}", file=out)
+
+
 def index(args: argparse.Namespace, conn: Connection) -> int:
     try:
         found = expand(args.paths, all_files=args.all_files, s3_endpoint_url=args.s3_endpoint_url)
@@ -51,9 +62,17 @@ def index(args: argparse.Namespace, conn: Connection) -> int:
     api = conn.client(max_connections=args.concurrency)
     run = IndexRun(api, journal, tags=tags, concurrency=args.concurrency, progress=progress)
 
+    captions: CaptionWait | None = None
+
     async def go() -> Summary:
+        nonlocal captions
         async with api:
-            return await run.run(found.sources, found.problems)
+            summary = await run.run(found.sources, found.problems)
+            if args.wait_captions and summary.stopped is None:
+                captions = await wait_for_captions(
+                    api, summary.ids, timeout_s=args.wait_captions_timeout
+                )
+            return summary
 
     interrupted = False
     try:
@@ -67,9 +86,12 @@ def index(args: argparse.Namespace, conn: Connection) -> int:
         if progress is not None:
             progress.close()
     report(summary, sys.stdout)
+    if captions is not None:
+        report_captions(captions, sys.stdout)
     if interrupted:
         where = f" (journal: {path})" if path else ""
         return fail(f"interrupted: run the same command again to resume{where}", INTERRUPTED)
     if summary.stopped:
         return fail(f"stopped: {summary.stopped}")
-    return OK if summary.complete else FAILED
+    captioned = captions is None or not (captions.failed or captions.pending)
+    return OK if summary.complete and captioned else FAILED

@@ -29,6 +29,8 @@ class Summary:
     failures: list[Problem] = field(default_factory=list)
     # Why the run stopped before the end (unreachable service, bad key), if it did.
     stopped: str | None = None
+    # The ids this run added or found already there (for --wait-captions).
+    ids: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -134,6 +136,8 @@ class IndexRun:
         self, source: Source, outcome: str, image_id: str | None, reason: str | None
     ) -> None:
         counts = self.summary.counts
+        if image_id is not None and outcome in ("indexed", "exists"):
+            self.summary.ids.append(image_id)
         if outcome == "indexed":
             counts.indexed += 1
         elif outcome == "exists":

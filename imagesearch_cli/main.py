@@ -129,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (MinIO, LocalStack)"
     )
     index.add_argument(
+        "--wait-captions",
+        action="store_true",
+        help="after indexing, wait until this run's images are captioned (background "
+        "captioning); exit 1 if a caption failed or is still pending at the timeout",
+    )
+    index.add_argument(
+        "--wait-captions-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up waiting for captions after this long (default: no limit)",
+    )
+    index.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,

@@ -583,3 +583,36 @@ def test_help_through_the_module_entry_point() -> None:
         assert result.returncode == 0, result.stderr
         assert "usage: python -m ingress.tools.reindex" in result.stdout
     assert "--from-table" in result.stdout and "--from-collection" in result.stdout
+
+
+# -- requeue -----------------------------------------------------------------------------
+
+
+def test_requeue_hands_failed_records_back_to_the_worker(
+    tmp_path: Path, tiny_blip_dir: Path, tiny_clip_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    ids = ingest(data, tiny_blip_dir, tiny_clip_dir, range(3))
+    failed_id, done_id = ids[0], ids[1]
+
+    async def fail_one() -> None:
+        vectors = lance(data, tiny_clip_dir)
+        try:
+            assert await vectors.requeue_caption(failed_id) is not None
+            assert await vectors.fail_caption(failed_id, "RuntimeError: no model") is not None
+        finally:
+            await vectors.close()
+
+    asyncio.run(fail_one())
+    config = write_config(tmp_path / "serve.yaml", data, tiny_blip_dir, tiny_clip_dir)
+    assert main(["requeue", "--config", str(config)]) == EXIT_DONE
+    records = {r.id: r for r, _ in snapshot(data, tiny_clip_dir).values()}
+    assert records[failed_id].caption_status == "pending"
+    assert records[failed_id].caption_error is None
+    assert records[done_id].caption_status == "done"
+    # The old caption stays until the worker writes the new one.
+    assert records[failed_id].caption == expected_caption(tiny_blip_dir, 0)
+
+    assert main(["requeue", "--config", str(config), "--all"]) == EXIT_DONE
+    statuses = {r.caption_status for r, _ in snapshot(data, tiny_clip_dir).values()}
+    assert statuses == {"pending"}

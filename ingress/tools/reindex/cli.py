@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ingress.tools.config import ConfigError, add_config_arguments, load_app_args, usage_error
 from ingress.tools.reindex.captions import run_captions
+from ingress.tools.reindex.requeue import run_requeue
 from ingress.tools.reindex.vectors import run_vectors
 
 DEFAULT_BATCH_SIZE = 16
@@ -57,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     common(captions)
     captions.add_argument("--all", action="store_true", help="re-caption every record")
 
+    requeue = commands.add_parser(
+        "requeue",
+        help="hand failed (or all) records back to the service's caption worker",
+        description=(
+            "Mark records whose captioning failed (--all: every record) pending again; "
+            "the running service's caption worker re-captions them with the deployed "
+            "captioner. Loads no model."
+        ),
+    )
+    add_config_arguments(requeue)
+    requeue.add_argument("--all", action="store_true", help="requeue every record")
+    requeue.add_argument(
+        "--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE, help="records per page"
+    )
+
     vectors = commands.add_parser(
         "vectors",
         help="embed every image again into a new table for a new embedder",
@@ -81,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_args = load_app_args(args.config, args.app)
     except ConfigError as e:
         return usage_error(str(e))
+    if args.command == "requeue":
+        return asyncio.run(run_requeue(app_args, all_records=args.all, batch_size=args.batch_size))
     if args.command == "captions":
         return asyncio.run(
             run_captions(

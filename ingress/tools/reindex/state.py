@@ -159,7 +159,7 @@ async def pages(
     for the last page) state is saved with the next cursor. The caller removes the state
     file when the whole run is done."""
     progress = Progress(what, verb, await store.count(), state)
-    async for page in record_pages(store, batch_size, state.cursor):
+    async for page in record_pages(store, batch_size, cursor=state.cursor):
         yield page.records
         state.walked += len(page.records)
         if page.records:
