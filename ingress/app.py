@@ -17,6 +17,7 @@ from ingress.core.service import ImageService
 from ingress.core.thumbnails import Thumbnailer
 from ingress.http.access import keyring_for
 from ingress.http.model_client import ServedModels
+from ingress.http.priority import WorkerNudge
 from ingress.http.rate_limit import limiter_for
 from ingress.http.runtime import Runtime
 from ingress.settings import AppArgs, S3Args, ThumbnailArgs, UrlFetchArgs
@@ -56,7 +57,10 @@ def compose(
 
 
 async def assemble(
-    args: AppArgs, captioner: DeploymentHandle, embedder: DeploymentHandle
+    args: AppArgs,
+    captioner: DeploymentHandle,
+    embedder: DeploymentHandle,
+    caption_worker: DeploymentHandle | None = None,
 ) -> Runtime:
     """Everything one Ingress replica serves with, from its arguments."""
     # Before any await: a missing or malformed key variable fails the replica at once.
@@ -76,7 +80,15 @@ async def assemble(
         limiter=limiter,
         redirect_content=isinstance(blobs_config, S3Args) and blobs_config.presigned_redirect,
         presign_expiry_s=getattr(blobs_config, "presign_expiry_s", 0),
+        nudge_worker=_nudge(args, caption_worker),
     )
+
+
+def _nudge(args: AppArgs, caption_worker: DeploymentHandle | None) -> WorkerNudge | None:
+    hold_s = args.captioning.worker.yield_to_requests_s
+    if caption_worker is None or hold_s <= 0:
+        return None
+    return WorkerNudge(caption_worker, hold_s)
 
 
 def fetch_policy(url_fetch: UrlFetchArgs, max_bytes: int) -> FetchPolicy:

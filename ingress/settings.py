@@ -235,6 +235,11 @@ class CaptionWorkerArgs(_Strict):
     backoff_s: float = Field(default=5.0, ge=0)
     # How often an empty backlog is looked at again.
     idle_poll_s: float = Field(default=2.0, gt=0, le=3600)
+    # Interactive requests first: after an upload or a search reaches an ingress, the
+    # worker starts no new caption for this long (captions in flight finish). On a
+    # machine where the models share cores, this keeps searches and acknowledgements
+    # fast while the backlog waits for a quiet moment. 0: never yield.
+    yield_to_requests_s: float = Field(default=1.0, ge=0, le=60)
 
 
 class CaptioningArgs(_Strict):

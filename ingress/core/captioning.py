@@ -93,7 +93,19 @@ class CaptionBacklog:
         # Failures so far of records still pending; lost with the process, which only
         # means a record gets its N tries again after a restart.
         self._retries: dict[str, _Retry] = {}
+        self._hold_until = 0.0
         self.stats = BacklogStats()
+
+    def hold(self, seconds: float) -> None:
+        """Start no new caption for `seconds` (interactive requests are being served);
+        captions in flight finish. Holds overlap: the latest end wins."""
+        self._hold_until = max(self._hold_until, self._clock() + seconds)
+
+    async def _quiet(self) -> None:
+        # A deadline that later holds push back, read in short steps (an Event would
+        # not say when it moved).
+        while (wait := self._hold_until - self._clock()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(min(wait, 0.1))
 
     async def backlog(self) -> int:
         return await self.vectors.count(PENDING)
@@ -108,6 +120,7 @@ class CaptionBacklog:
             for record in page.records:
                 if not self._due(record.id):
                     continue
+                await self._quiet()
                 await semaphore.acquire()
                 tasks.append(asyncio.create_task(self._caption_released(record, semaphore)))
             if page.next_cursor is None:

@@ -9,6 +9,7 @@ from ingress.http.access import AccessControl
 from ingress.http.body_limit import BodySizeLimit
 from ingress.http.errors import count_error, install_error_handlers
 from ingress.http.openapi import ERROR_RESPONSES
+from ingress.http.priority import InteractivePriority
 from ingress.http.routes import embed, health, images, page, search, seed_aliases
 from ingress.http.runtime import Runtime
 
@@ -42,6 +43,7 @@ def create_api(runtime: Runtime) -> FastAPI:
         limit=lambda: intake.max_upload_bytes + MULTIPART_OVERHEAD,
         json_limit=lambda: intake.max_json_bytes,
     )
+    app.add_middleware(InteractivePriority, nudge=lambda: runtime.nudge_worker)
     # Added last, so outermost: keys and rate limits are checked before any body is read.
     app.add_middleware(
         AccessControl,

@@ -22,7 +22,9 @@ logger = logging.getLogger("ingress.http.deployment")
 
 # What builds a replica's Runtime from its arguments and the model handles
 # (ingress.app.assemble, passed in by the builder).
-Assemble = Callable[[AppArgs, DeploymentHandle, DeploymentHandle], Awaitable[Runtime]]
+Assemble = Callable[
+    [AppArgs, DeploymentHandle, DeploymentHandle, DeploymentHandle | None], Awaitable[Runtime]
+]
 
 
 @serve.ingress()
@@ -40,7 +42,7 @@ class ImageSearchApi:
         # The caption worker drains the backlog on its own; the Ingress holds its
         # handle only because Serve deploys what the ingress is bound to.
         self.caption_worker = caption_worker
-        self.runtime = await assemble(args, captioner, embedder)
+        self.runtime = await assemble(args, captioner, embedder, caption_worker)
         models = self.runtime.models
         logger.info(
             "ingress ready: data in %s, captions by %s, vectors by %s (dim %d)",

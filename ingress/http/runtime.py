@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingress.core.fetch import SafeFetcher
@@ -26,3 +27,5 @@ class Runtime:
     # Answer GET /images/{id}/content with a presigned redirect (S3 only).
     redirect_content: bool = False
     presign_expiry_s: int = 0
+    # Tells the caption worker that users are waiting (ingress.http.priority).
+    nudge_worker: Callable[[], None] | None = None

@@ -68,6 +68,10 @@ class CaptionWorker:
                 args.captioning.worker.concurrency,
             )
 
+    def hold(self, seconds: float) -> None:
+        """An ingress is serving interactive requests: start no new caption for a while."""
+        self.backlog.hold(seconds)
+
     async def backlog_size(self) -> int:
         """How many records wait for a caption."""
         return await self.backlog.backlog()

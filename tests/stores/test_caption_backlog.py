@@ -186,3 +186,24 @@ async def test_requeued_records_are_captioned_again(stores) -> None:
     await backlog.drain_once()
     record = await vectors.get(image_id)
     assert record is not None and record.caption_status == "done"
+
+
+async def test_a_hold_defers_new_captions_until_it_ends(stores) -> None:
+    vectors, blobs = stores
+    await _add_pending(stores, 2)
+    now = [0.0]
+    captioner = _Captioner()
+    backlog = CaptionBacklog(
+        vectors, blobs, captioner, ImageLimits(), BacklogPolicy(), clock=lambda: now[0]
+    )
+    backlog.hold(5.0)
+    draining = asyncio.create_task(backlog.drain_once())
+    await asyncio.sleep(0.3)
+    assert captioner.calls == 0  # users are being served: nothing started
+    backlog.hold(1.0)  # a shorter hold does not cut the longer one
+    now[0] = 4.0
+    await asyncio.sleep(0.3)
+    assert captioner.calls == 0
+    now[0] = 5.5
+    assert await draining == 2
+    assert await vectors.count(PENDING) == 0
