@@ -236,9 +236,9 @@ class CaptionWorkerArgs(_Strict):
     # How often an empty backlog is looked at again.
     idle_poll_s: float = Field(default=2.0, gt=0, le=3600)
     # Interactive requests first: after an upload or a search reaches an ingress, the
-    # worker starts no new caption for this long (captions in flight finish). On a
-    # machine where the models share cores, this keeps searches and acknowledgements
-    # fast while the backlog waits for a quiet moment. 0: never yield.
+    # worker keeps one caption in flight (not `concurrency`) for this long. Where the
+    # models share cores, searches and acknowledgements stay fast and the backlog
+    # still drains, one at a time. 0: never yield.
     yield_to_requests_s: float = Field(default=1.0, ge=0, le=60)
 
 

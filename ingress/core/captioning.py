@@ -94,18 +94,21 @@ class CaptionBacklog:
         # means a record gets its N tries again after a restart.
         self._retries: dict[str, _Retry] = {}
         self._hold_until = 0.0
+        self._in_flight = 0
         self.stats = BacklogStats()
 
     def hold(self, seconds: float) -> None:
-        """Start no new caption for `seconds` (interactive requests are being served);
-        captions in flight finish. Holds overlap: the latest end wins."""
+        """For `seconds`, interactive requests are being served: keep one caption in
+        flight, not `concurrency`. One, not none: under steady traffic the backlog
+        still drains, at the pace of one caption at a time. Holds overlap: the latest
+        end wins."""
         self._hold_until = max(self._hold_until, self._clock() + seconds)
 
     async def _quiet(self) -> None:
         # A deadline that later holds push back, read in short steps (an Event would
         # not say when it moved).
-        while (wait := self._hold_until - self._clock()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(wait, 0.1))
+        while self._in_flight >= 1 and self._hold_until > self._clock():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
 
     async def backlog(self) -> int:
         return await self.vectors.count(PENDING)
@@ -122,6 +125,8 @@ class CaptionBacklog:
                     continue
                 await self._quiet()
                 await semaphore.acquire()
+                # Counted before the task runs, so that the next _quiet sees it.
+                self._in_flight += 1
                 tasks.append(asyncio.create_task(self._caption_released(record, semaphore)))
             if page.next_cursor is None:
                 break
@@ -150,6 +155,7 @@ class CaptionBacklog:
         try:
             await self.caption_one(record)
         finally:
+            self._in_flight -= 1
             semaphore.release()
 
     async def caption_one(self, record: ImageRecord) -> None:

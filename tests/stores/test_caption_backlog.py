@@ -188,22 +188,38 @@ async def test_requeued_records_are_captioned_again(stores) -> None:
     assert record is not None and record.caption_status == "done"
 
 
-async def test_a_hold_defers_new_captions_until_it_ends(stores) -> None:
+async def test_a_hold_keeps_one_caption_in_flight_until_it_ends(stores) -> None:
     vectors, blobs = stores
-    await _add_pending(stores, 2)
+    await _add_pending(stores, 4)
     now = [0.0]
     captioner = _Captioner()
+    captioner.gate = asyncio.Event()
+    in_flight = []
+    real_caption = captioner.caption
+
+    async def counted(pixels: np.ndarray) -> str:
+        in_flight.append(1)
+        try:
+            return await real_caption(pixels)
+        finally:
+            in_flight.pop()
+
+    captioner.caption = counted  # type: ignore[method-assign]
     backlog = CaptionBacklog(
-        vectors, blobs, captioner, ImageLimits(), BacklogPolicy(), clock=lambda: now[0]
+        vectors, blobs, captioner, ImageLimits(), BacklogPolicy(concurrency=4), clock=lambda: now[0]
     )
     backlog.hold(5.0)
     draining = asyncio.create_task(backlog.drain_once())
     await asyncio.sleep(0.3)
-    assert captioner.calls == 0  # users are being served: nothing started
+    # Users are being served: one caption at a time, not four.
+    assert len(in_flight) == 1
     backlog.hold(1.0)  # a shorter hold does not cut the longer one
     now[0] = 4.0
     await asyncio.sleep(0.3)
-    assert captioner.calls == 0
+    assert len(in_flight) == 1
     now[0] = 5.5
-    assert await draining == 2
+    await asyncio.sleep(0.3)
+    assert len(in_flight) == 4  # the hold is over: the full concurrency
+    captioner.gate.set()
+    assert await draining == 4
     assert await vectors.count(PENDING) == 0
