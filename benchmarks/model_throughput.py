@@ -48,7 +48,7 @@ class Row:
     items_per_s: float
 
 
-def _images(count: int, side: int = 512) -> list[np.ndarray]:
+def sample_images(count: int, side: int = 512) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (side, side * 3 // 4, 3), dtype=np.uint8) for _ in range(count)]
 
@@ -76,7 +76,7 @@ def bench_embedder(
         )
         label = str(embedder.placement.dtype).removeprefix("torch.")
         for batch in batches:
-            rate = measure(embedder.embed_images, _images(batch), seconds)
+            rate = measure(embedder.embed_images, sample_images(batch), seconds)
             rows.append(Row("clip image", f"{dtype} ({label})", batch, rate))
         for batch in (1, max(batches)):
             texts = [f"a photo of a dog number {i} on the beach" for i in range(batch)]
@@ -111,7 +111,7 @@ def bench_captioner(
         captioner.model.generation_config.min_new_tokens = max_new_tokens
         label = str(captioner.placement.dtype).removeprefix("torch.")
         for batch in batches:
-            rate = measure(captioner.caption_many, _images(batch), seconds)
+            rate = measure(captioner.caption_many, sample_images(batch), seconds)
             rows.append(Row("blip caption", f"{dtype} ({label})", batch, rate))
         del captioner
     return rows
