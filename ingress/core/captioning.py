@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
@@ -57,8 +57,6 @@ class BacklogPolicy:
 class BacklogStats:
     written: int = 0
     failed: int = 0
-    # Seconds from ingest to caption, of each caption written (for a histogram).
-    lags_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -109,9 +107,6 @@ class CaptionBacklog:
         # not say when it moved).
         while self._in_flight >= 1 and self._hold_until > self._clock():  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-
-    async def backlog(self) -> int:
-        return await self.vectors.count(PENDING)
 
     async def drain_once(self) -> int:
         """One pass over the backlog as it is now; how many records were taken."""
@@ -180,7 +175,6 @@ class CaptionBacklog:
             return
         lag_s = (datetime.now(timezone.utc) - record.created_at).total_seconds()
         self.stats.written += 1
-        self.stats.lags_s.append(lag_s)
         if self._on_written is not None:
             self._on_written(lag_s)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Literal
 
 from pydantic import (
@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from ingress.stores.records import ImageFilter, ImageRecord
+from ingress.stores.values import utc
 
 # Bounds that hold whatever the settings say (per-deployment tag limits are applied on
 # top, see ImageSearchApi._tags): a filter is a handful of values, not a list to scan.
@@ -149,10 +150,8 @@ class SearchFilters(_Body):
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
         try:
-            return value.astimezone(timezone.utc)
+            return utc(value)
         except OverflowError:
             raise ValueError("datetime out of range") from None
 

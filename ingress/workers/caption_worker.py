@@ -55,7 +55,7 @@ class CaptionWorker:
             models,
             ImageLimits.of(args.intake),
             backlog_policy(args.captioning.worker),
-            on_written=lambda lag_s: metrics.caption_written(lag_s),
+            on_written=metrics.caption_written,
             on_failed=metrics.caption_failed,
         )
         self._stop = asyncio.Event()
@@ -71,10 +71,6 @@ class CaptionWorker:
     def hold(self, seconds: float) -> None:
         """An ingress is serving interactive requests: start no new caption for a while."""
         self.backlog.hold(seconds)
-
-    async def backlog_size(self) -> int:
-        """How many records wait for a caption."""
-        return await self.backlog.backlog()
 
     async def check_health(self) -> None:
         # A drain loop that died is a dead worker: Serve restarts the replica.
