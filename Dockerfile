@@ -3,7 +3,8 @@
 # starts from the plain Ray GPU image and adds what the project needs.
 #
 #   docker build -t your-registry.example.com/imagesearch:0.1.0-ray2.60.0-py311-gpu .
-#   docker build --build-arg PREFETCH_MODELS=1 -t ... .     # models baked in (~1.5 GB more)
+#   docker build --build-arg PREFETCH_MODELS=1 -t ... .     # models baked in (~1.5 GB more),
+#                                                            # HF_HUB_OFFLINE=1 (k8s/rayservice.yaml)
 #
 # The Ray version here, `rayVersion` in k8s/rayservice.yaml, the image tags there and
 # the ray requirement in pyproject.toml must agree (tests/repo/test_deploy_manifests.py).
@@ -30,17 +31,22 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY --chown=ray:users deployments ./deployments
 COPY --chown=ray:users ingress ./ingress
+# imagesearch-bulk (k8s/bulk-index-rayjob.yaml) expands its sources as the CLI does.
+COPY --chown=ray:users imagesearch_cli ./imagesearch_cli
 COPY --chown=ray:users serve_config.yaml serve_config.stores.yaml serve_config.production.yaml ./
 RUN pip install --no-cache-dir --no-deps . \
  && python -c "import ingress.app, deployments.captioner, deployments.embedder"
 
-# Where the models are cached. The RayService mounts a volume here so that each pod
-# downloads them once; with PREFETCH_MODELS=1 they are downloaded now, into the image,
-# and the RayService should drop that volume and set HF_HUB_OFFLINE=1.
+# Where the models are cached. With PREFETCH_MODELS=1 the models that MODELS_CONFIG
+# names are fetched now, into the image (python -m ingress.tools.fetch_models: what
+# from_pretrained reads, one set of PyTorch weights), and the image starts with
+# HF_HUB_OFFLINE=1: no pod downloads them, and air-gapped clusters work. Without it
+# the image downloads on first start (k8s/rayservice.yaml then needs a cache volume
+# and HF_HUB_OFFLINE=0).
 ENV HF_HOME=/home/ray/.cache/huggingface
 ARG PREFETCH_MODELS=0
-ARG CAPTION_MODEL=Salesforce/blip-image-captioning-base
-ARG EMBEDDING_MODEL=openai/clip-vit-base-patch32
+ARG MODELS_CONFIG=serve_config.production.yaml
 RUN if [ "$PREFETCH_MODELS" = "1" ]; then \
-      python -c "import sys; from transformers import BlipForConditionalGeneration, BlipProcessor, CLIPModel, CLIPProcessor; [cls.from_pretrained(sys.argv[i]) for i, cls in ((1, BlipForConditionalGeneration), (1, BlipProcessor), (2, CLIPModel), (2, CLIPProcessor))]" "$CAPTION_MODEL" "$EMBEDDING_MODEL"; \
+      python -m ingress.tools.fetch_models --config "$MODELS_CONFIG"; \
     fi
+ENV HF_HUB_OFFLINE=${PREFETCH_MODELS}

@@ -7,14 +7,13 @@ all load models the same way.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from deployments.model_source import resolve_model_source
 from deployments.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +51,31 @@ def cpu_has_fast_bf16() -> bool:
     return torch.backends.cpu.get_cpu_capability() in {"AVX512_BF16", "AMX"}
 
 
+def cuda_half_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on GPUs with bf16 tensor cores (compute capability 8.0: Ampere, Hopper
+    and later), float16 on older ones (V100, T4), which emulate bf16 slowly.
+
+    Where both are native they run at the same tensor-core speed, and bf16 keeps
+    float32's exponent range: BLIP's text decoder and LayerNorms never overflow, which
+    fp16 risks without loss scaling (there is none at inference). Its shorter mantissa
+    costs ~1e-2 relative on a vector, which the normalisation (in float32) and cosine
+    ranking tolerate; and the CPU path is bf16 too, so vectors from GPU and CPU
+    replicas of one collection agree."""
+    if torch.cuda.get_device_capability(device) >= (8, 0):
+        return torch.bfloat16
+    return torch.float16
+
+
+def prepare_device(placement: Placement) -> None:
+    """Process-wide CUDA settings, once a replica knows its placement: TF32 tensor cores
+    for the matmuls and convolutions that still run in float32 (a `dtype: float32`
+    model, the patch embedding of one), several times float32's speed for a 10-bit
+    mantissa, finer than bf16's and far finer than embeddings resolve."""
+    if placement.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def resolve_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     """Turn the `auto` choices into a concrete device and dtype."""
     if device == "auto":
@@ -61,23 +85,16 @@ def resolve_placement(device: str = "auto", dtype: str = "auto") -> Placement:
         if resolved_device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} was requested but CUDA is not available")
     if dtype == "auto":
-        fast_bf16 = (
-            torch.cuda.is_bf16_supported()
-            if resolved_device.type == "cuda"
-            else cpu_has_fast_bf16()
-        )
-        resolved_dtype = torch.bfloat16 if fast_bf16 else torch.float32
+        if resolved_device.type == "cuda":
+            resolved_dtype = cuda_half_dtype(resolved_device)
+        else:
+            resolved_dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     else:
         try:
             resolved_dtype = _DTYPES[dtype]
         except KeyError:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}") from None
     return Placement(resolved_device, resolved_dtype)
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE, read when loading (huggingface_hub reads it only at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def load_pretrained(
@@ -90,11 +107,11 @@ def load_pretrained(
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
     placement = resolve_placement(settings.device, settings.dtype)
-    source = settings.model_id
-    local = Path(source).expanduser()
-    if local.is_dir():
-        source = str(local)
-    kwargs: dict[str, Any] = {"local_files_only": hub_offline() or local.is_dir()}
+    prepare_device(placement)
+    # Fails at once, naming the model and the fixes, when it cannot be had.
+    resolved = resolve_model_source(settings.model_id, settings.revision)
+    source = resolved.source
+    kwargs: dict[str, Any] = {"local_files_only": resolved.local_files_only}
     if settings.revision is not None:
         kwargs["revision"] = settings.revision
     logger.info(

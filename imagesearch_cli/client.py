@@ -31,11 +31,18 @@ Params = Sequence[tuple[str, str]]
 class ServiceError(Exception):
     """The service refused a request (status set) or could not be reached (status None)."""
 
-    def __init__(self, status: int | None, code: str, message: str) -> None:
+    def __init__(
+        self, status: int | None, code: str, message: str, *, from_service: bool = True
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        # False when the body was not the service's JSON error (a proxy's page).
+        self.from_service = from_service
+        # An earlier attempt of the same call may have taken effect (its replica died
+        # with it, or the connection broke): a 404 now may be that attempt's doing.
+        self.after_lost_attempt = False
 
     @property
     def stops_run(self) -> bool:
@@ -65,7 +72,10 @@ def _error_from(status: int, body: bytes) -> ServiceError:
         return ServiceError(status, str(detail["code"]), str(detail["message"]))
     except (ValueError, KeyError, TypeError):
         text = body.decode("utf-8", "replace").strip().replace("\n", " ")
-        return ServiceError(status, "http_error", text[:200] or f"HTTP {status}")
+        message = text[:200] or f"HTTP {status}"
+        if status >= 500:
+            message += " (from Serve's proxy, not the service: a replica stopped mid-request)"
+        return ServiceError(status, "http_error", message, from_service=False)
 
 
 class ApiClient:
@@ -144,8 +154,13 @@ class ApiClient:
         return await self._call("upload", "POST", "/images", form=form)
 
     async def add_url(self, url: str, tags: Sequence[str] = ()) -> Answer:
+        # Not idempotent for a proxy's 500: the URL may answer other bytes next time.
         return await self._call(
-            "add_url", "POST", "/images", json_body={"url": url, "tags": list(tags)}
+            "add_url",
+            "POST",
+            "/images",
+            json_body={"url": url, "tags": list(tags)},
+            idempotent=False,
         )
 
     async def search(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,7 +191,8 @@ class ApiClient:
             await self._call("delete", "DELETE", f"/images/{quote(image_id, safe='')}")
         except ServiceError as exc:
             if exc.status == 404:
-                return False
+                # Gone either way; an attempt lost with its replica may have deleted it.
+                return exc.after_lost_attempt
             raise
         return True
 
@@ -195,11 +211,15 @@ class ApiClient:
         json_body: Any = None,
         form: Callable[[], aiohttp.FormData] | None = None,
         params: Params | None = None,
+        idempotent: bool = True,
     ) -> Answer:
+        """One call, retried while the failure is transient. `idempotent`: repeating it
+        is safe even when an attempt may have taken effect (see RetryPolicy.retryable)."""
         if self._session is None:
             raise RuntimeError("use ApiClient inside `async with`")
         url = self.base_url + path
         attempt = 0
+        lost = False
         while True:
             self.requests[operation] += 1
             retry_after: float | None = None
@@ -231,8 +251,12 @@ class ApiClient:
                 raise ServiceError(
                     None, "bad_answer", f"{url} did not answer JSON: {exc}"
                 ) from None
-            transient = error.status is None or self.policy.retryable(error.status)
+            transient = error.status is None or self.policy.retryable(
+                error.status, service_answered=error.from_service, idempotent=idempotent
+            )
             if not transient or attempt >= self.policy.retries:
+                error.after_lost_attempt = lost
                 raise error
+            lost = lost or not error.from_service or error.status is None
             await self._sleep(self.policy.delay(attempt, retry_after))
             attempt += 1

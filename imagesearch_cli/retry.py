@@ -13,6 +13,11 @@ from email.utils import parsedate_to_datetime
 # Answers that say "not now" rather than "never": overload, rate limits and a failing or
 # slow dependency behind the service. Every other 4xx (413, 415, 422, ...) is final.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# A 5xx without the service's JSON error body comes from Serve's proxy, not from the
+# service: a replica died (crash, rolling upgrade) with the request inside it
+# (ray-project/ray#47219). Whether the request took effect is unknown, so only calls
+# that are safe to repeat try again. A JSON 500 is the service's own answer: final.
+PROXY_FAILURE_STATUSES = range(500, 600)
 # Seconds per request: above the service's own model timeout.
 DEFAULT_TIMEOUT_S = 180.0
 DEFAULT_RETRIES = 5
@@ -48,8 +53,15 @@ class RetryPolicy:
     # Injectable for tests: uniform(0, 1).
     jitter: Callable[[], float] = field(default=random.random, compare=False)
 
-    def retryable(self, status: int) -> bool:
-        return status in RETRYABLE_STATUSES
+    def retryable(
+        self, status: int, *, service_answered: bool = True, idempotent: bool = True
+    ) -> bool:
+        """Whether an answer with `status` is worth another try. `service_answered`: the
+        body was the service's JSON error; `idempotent`: repeating the call is safe (a
+        GET, a search, a DELETE, an upload of bytes, whose id is their hash)."""
+        if status in RETRYABLE_STATUSES:
+            return True
+        return idempotent and not service_answered and status in PROXY_FAILURE_STATUSES
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number `attempt` (0 = the first retry)."""

@@ -250,6 +250,21 @@ class CaptioningArgs(_Strict):
     worker: CaptionWorkerArgs = Field(default_factory=CaptionWorkerArgs)
 
 
+class OrphanSweepArgs(_Strict):
+    """The background sweep of orphan blobs (blobs no record points at, e.g. left by a
+    replica killed mid-ingest), run by the CaptionWorker's single replica with the rules
+    of `python -m ingress.maintenance orphans --delete`."""
+
+    enabled: bool = True
+    # Only blobs older than this are orphans: keep it well above the longest ingest
+    # (model_timeout_s), or an ingest in flight could lose its blob.
+    min_age_s: float = Field(default=3600.0, ge=0)
+    # Between sweeps. Each walks every record and lists every blob.
+    interval_s: float = Field(default=3600.0, gt=0)
+    # Before the first sweep after the worker starts.
+    initial_delay_s: float = Field(default=60.0, ge=0)
+
+
 class AppArgs(_Strict):
     """Everything `build_app` needs; see serve_config.yaml for a commented example."""
 
@@ -263,6 +278,7 @@ class AppArgs(_Strict):
     rate_limit: RateLimitArgs = Field(default_factory=RateLimitArgs)
     thumbnails: ThumbnailArgs = Field(default_factory=ThumbnailArgs)
     captioning: CaptioningArgs = Field(default_factory=CaptioningArgs)
+    orphan_sweep: OrphanSweepArgs = Field(default_factory=OrphanSweepArgs)
     # A model call slower than this becomes a 504 for its request.
     model_timeout_s: float = Field(default=120.0, gt=0)
 

@@ -54,6 +54,27 @@ class ServiceMetrics:
             description="Records waiting for a caption (caption_status pending).",
         )
 
+        self.orphan_blobs_found = Counter(
+            "imagesearch_orphan_blobs_found_total",
+            description="Blobs without a record (older than min_age_s) the orphan sweep found.",
+        )
+        self.orphan_blobs_removed = Counter(
+            "imagesearch_orphan_blobs_removed_total",
+            description="Orphan blobs the sweep removed after checking them again.",
+        )
+        self.records_without_blob = Gauge(
+            "imagesearch_records_without_blob",
+            description="Records whose blob is missing, at the last sweep (never deleted "
+            "by the sweep: alert on it).",
+        )
+
+    def orphans_swept(self, found: int, removed: int, records_without_blob: int) -> None:
+        if found:
+            self.orphan_blobs_found.inc(found)
+        if removed:
+            self.orphan_blobs_removed.inc(removed)
+        self.records_without_blob.set(records_without_blob)
+
     def caption_written(self, lag_s: float) -> None:
         self.captions_written.inc()
         self.caption_lag.observe(lag_s)

@@ -1,4 +1,5 @@
-"""The CaptionWorker deployment: one replica that drains the caption backlog.
+"""The CaptionWorker deployment: one replica that drains the caption backlog, and
+sweeps orphan blobs (ingress.workers.orphan_sweep).
 
 One replica (num_replicas: 1) is the lock: Serve keeps exactly one running, on any
 node, and starts another when it dies. While a rolling update briefly runs two, their
@@ -26,6 +27,7 @@ from ingress.http.metrics import service_metrics
 from ingress.http.model_client import ServedModels
 from ingress.settings import AppArgs, CaptionWorkerArgs
 from ingress.stores.factory import open_stores
+from ingress.workers.orphan_sweep import start_orphan_sweep
 
 logger = logging.getLogger("ingress.workers.caption_worker")
 
@@ -67,6 +69,8 @@ class CaptionWorker:
                 models.caption_model,
                 args.captioning.worker.concurrency,
             )
+        # The graph's one replica over the stores also sweeps their orphan blobs.
+        self._sweep = start_orphan_sweep(args.orphan_sweep, vectors, blobs, metrics, self._stop)
 
     def hold(self, seconds: float) -> None:
         """An ingress is serving interactive requests: start no new caption for a while."""
@@ -76,6 +80,8 @@ class CaptionWorker:
         # A drain loop that died is a dead worker: Serve restarts the replica.
         if self._task is not None and self._task.done():
             raise RuntimeError("the caption backlog loop has stopped")
+        if self._sweep is not None and self._sweep.done():
+            raise RuntimeError("the orphan sweep loop has stopped")
 
     async def __del__(self) -> None:
         self._stop.set()

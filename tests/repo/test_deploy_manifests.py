@@ -418,3 +418,56 @@ def test_ray_version_agrees_everywhere(rayservice: dict[str, Any]) -> None:
         Requirement(r) for r in pyproject["project"]["dependencies"] if Requirement(r).name == "ray"
     ]
     assert ray.specifier.contains(Version(version))
+
+
+# -- fault edges: replica death, models baked into the image ----------------------------
+
+
+@pytest.mark.parametrize("name", SERVE_CONFIGS)
+def test_ingress_is_replaced_fast_and_drains_longer_than_a_request(name: str) -> None:
+    """A dead Ingress replica is noticed within a couple of seconds, and one that is
+    stopped (rolling update, scale-down) finishes every request it holds: the drain
+    outlasts the slowest request (a model call up to model_timeout_s)."""
+    config = _serve_config(name)
+    ingress = _deployments(config)["Ingress"]
+    args = AppArgs.model_validate(_app(config)["args"])
+    assert ingress["health_check_period_s"] <= 5
+    assert ingress["graceful_shutdown_timeout_s"] > args.model_timeout_s
+    # The sweep's minimum age stays far above the longest ingest.
+    assert args.orphan_sweep.enabled
+    assert args.orphan_sweep.min_age_s >= 10 * args.model_timeout_s
+
+
+@pytest.mark.parametrize("name", GPU_CONFIGS)
+def test_production_runs_two_ingress_replicas_at_least(name: str) -> None:
+    assert _deployments(_serve_config(name))["Ingress"]["autoscaling_config"]["min_replicas"] >= 2
+
+
+def test_the_image_can_bake_the_models_of_the_production_config() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG PREFETCH_MODELS=0$", dockerfile, re.M)
+    config = re.search(r"^ARG MODELS_CONFIG=(\S+)$", dockerfile, re.M)
+    assert config and config.group(1) == PRODUCTION
+    copied = re.search(rf"^COPY .*\b{re.escape(PRODUCTION)}\b", dockerfile, re.M)
+    fetched = dockerfile.index('python -m ingress.tools.fetch_models --config "$MODELS_CONFIG"')
+    assert copied and copied.start() < fetched
+    assert dockerfile.index("COPY --chown=ray:users deployments") < fetched
+    # A baked image starts offline: nothing is fetched, a missing model fails at once.
+    assert re.search(r"^ENV HF_HUB_OFFLINE=\$\{PREFETCH_MODELS\}$", dockerfile, re.M)
+
+
+def test_model_pods_use_the_baked_models_offline(rayservice: dict[str, Any]) -> None:
+    config = _serve_config(SERVE_CONFIG_V2)
+    model_groups = [
+        group
+        for group in _worker_groups(rayservice)
+        if any(_hosts(group, _deployments(config)[name]) for name in MODELS)
+    ]
+    assert model_groups
+    for group in model_groups:
+        (container,) = _containers(group)
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env["HF_HUB_OFFLINE"] == "1"
+        # A volume mounted over HF_HOME would hide the models baked into the image.
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        assert env["HF_HOME"] not in mounts

@@ -59,6 +59,7 @@ def deploy_graph(
     embedder_options: dict[str, Any] | None = None,
     captioner: Deployment = Captioner,
     worker_options: dict[str, Any] | None = None,
+    ingress_options: dict[str, Any] | None = None,
 ) -> None:
     """serve.run the graph; `ingress_env` reaches the replicas that open the stores (the
     ingress and the caption worker) as environment variables, the way a Kubernetes
@@ -70,7 +71,7 @@ def deploy_graph(
         args,
         captioner.options(ray_actor_options=zero, **(captioner_options or {})),
         Embedder.options(ray_actor_options=zero, **(embedder_options or {})),
-        Ingress.options(ray_actor_options=ingress_actor),
+        Ingress.options(ray_actor_options=ingress_actor, **(ingress_options or {})),
         # The worker opens the same stores, with the same credentials.
         CaptionWorkerDeployment.options(ray_actor_options=ingress_actor, **(worker_options or {})),
     )

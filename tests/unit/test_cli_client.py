@@ -166,10 +166,12 @@ async def test_not_found_is_an_answer_and_non_json_errors_are_reported(
     async with _client(url, Sleeps()) as api:
         assert await api.get_image("abc") is None
         assert await api.delete("abc") is False
+        # Adding by URL is not repeated after a proxy's 500 (tests/unit/test_cli_retry.py).
         with pytest.raises(ServiceError) as caught:
-            await api.list_images([("limit", "5")])
-    assert caught.value.reason == "500 http_error: <html>Internal Server Error</html>"
-    assert [s["method"] for s in server.seen] == ["GET", "DELETE", "GET"]
+            await api.add_url("https://example.com/a.jpg")
+    assert caught.value.reason.startswith("500 http_error: <html>Internal Server Error</html>")
+    assert "Serve's proxy" in caught.value.reason
+    assert [s["method"] for s in server.seen] == ["GET", "DELETE", "POST"]
 
 
 async def test_unreachable_service_is_retried_then_reported() -> None:

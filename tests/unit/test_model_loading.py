@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from transformers import CLIPModel, CLIPProcessor
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    SiglipModel,
+    SiglipProcessor,
+)
 
 from deployments import model_loading
 from deployments.model_loading import load_pretrained, resolve_placement
@@ -37,19 +45,30 @@ def test_cuda_requested_without_cuda_fails_loudly() -> None:
         resolve_placement("cuda", "auto")
 
 
-def test_loads_from_local_directory_in_requested_dtype(tiny_clip_dir: Path) -> None:
-    settings = ModelSettings(model_id=str(tiny_clip_dir), dtype="bfloat16")
-    model, processor, placement = load_pretrained(CLIPModel, CLIPProcessor, settings)
+@pytest.mark.parametrize(
+    ("model_dir", "model_cls", "processor_cls"),
+    [
+        ("tiny_clip_dir", CLIPModel, CLIPProcessor),
+        ("tiny_siglip_dir", SiglipModel, SiglipProcessor),
+    ],
+)
+def test_loads_each_family_from_local_directory_in_requested_dtype(
+    request: pytest.FixtureRequest, model_dir: str, model_cls: type[Any], processor_cls: type[Any]
+) -> None:
+    # Through the Auto classes, as the embedder loads: they pick the family's classes.
+    settings = ModelSettings(model_id=str(request.getfixturevalue(model_dir)), dtype="bfloat16")
+    model, processor, placement = load_pretrained(AutoModel, AutoProcessor, settings)
     assert placement.dtype == torch.bfloat16
+    assert isinstance(model, model_cls)
     assert next(model.parameters()).dtype == torch.bfloat16
     assert not model.training
-    assert isinstance(processor, CLIPProcessor)
+    assert isinstance(processor, processor_cls)
 
 
 def test_unknown_model_fails_loudly_without_touching_the_hub(tmp_path: Path) -> None:
     # HF_HUB_OFFLINE=1 is set for the test session: the loader must not try the network.
     settings = ModelSettings(model_id="no-such-org/no-such-model")
-    with pytest.raises(RuntimeError, match="could not load CLIPModel"):
+    with pytest.raises(RuntimeError, match="cannot load model 'no-such-org/no-such-model'"):
         load_pretrained(CLIPModel, CLIPProcessor, settings)
 
 

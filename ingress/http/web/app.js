@@ -5,6 +5,8 @@
 (() => {
   const KEY_STORAGE = "imagesearch.apiKey";
   const THUMB_SIZE = 256;
+  // What each "but not" term counts against the query's 1 (the CLI's --not-weight default).
+  const NOT_WEIGHT = 0.5;
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -15,7 +17,9 @@
     filters: $("filters"), minScore: $("min-score"), limit: $("limit"), dedup: $("dedup"),
     status: $("status"), error: $("error"),
     resultsHeading: $("results-heading"), summary: $("results-summary"), results: $("results"),
-    more: $("more"), browse: $("browse"),
+    more: $("more"), browse: $("browse"), notQuery: $("not-query"),
+    selection: $("selection"), selectionCount: $("selection-count"),
+    similarSelected: $("similar-selected"), selectionClear: $("selection-clear"),
     uploadForm: $("upload-form"), uploadFiles: $("upload-files"), uploadTags: $("upload-tags"),
     uploadResults: $("upload-results"),
     viewer: $("viewer"), viewerTitle: $("viewer-title"), viewerClose: $("viewer-close"),
@@ -45,8 +49,34 @@
     return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
   }
 
+  // A 5xx without the service's JSON error comes from Serve's proxy: the replica holding
+  // the request died (a crash, a rolling upgrade). Calls that are safe to repeat (reads,
+  // searches, deletes, uploads of a file: its id is its hash) are tried again a few
+  // times; adding by URL is not, since the URL may answer other bytes next time.
+  const RESTART_RETRY_DELAYS_MS = [500, 1500, 3000];
+  const RESTARTED = "the service restarted, try again";
+
+  function repeatable(path, method, form) {
+    if (method === "GET" || method === "DELETE") return true;
+    return path.startsWith("search/") || (form !== undefined && form.has("file"));
+  }
+
+  const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
   // fetch() with the key, the service's JSON error model turned into an ApiError.
   async function api(path, { method = "GET", json, form } = {}) {
+    const retries = repeatable(path, method, form) ? RESTART_RETRY_DELAYS_MS : [];
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await apiOnce(path, method, json, form);
+      } catch (err) {
+        if (!(err instanceof ApiError) || !err.restarted || attempt >= retries.length) throw err;
+        await pause(retries[attempt]);
+      }
+    }
+  }
+
+  async function apiOnce(path, method, json, form) {
     const headers = authHeaders();
     let body;
     if (json !== undefined) {
@@ -72,6 +102,11 @@
     }
     if (!response.ok) {
       const detail = data && data.error;
+      if (!detail && response.status >= 500) {
+        const err = new ApiError(response.status, "service_restarted", RESTARTED);
+        err.restarted = true;
+        throw err;
+      }
       throw new ApiError(
         response.status,
         (detail && detail.code) || "http_error",
@@ -233,13 +268,18 @@
     }
   }
 
-  function textSearch(query) {
+  // With "but not" words, the query is a weighted list; without, the plain text.
+  function textSearch(query, negatives = []) {
     const mode = selectedMode();
     const alpha = Number(el.alpha.value);
+    const terms = negatives.length
+      ? [{ text: query, weight: 1 }, ...negatives.map((text) => ({ text, weight: -NOT_WEIGHT }))]
+      : query;
+    const not = negatives.length ? ` but not ${negatives.map((n) => `“${n}”`).join(", ")}` : "";
     return {
-      label: `for “${query}”`,
+      label: `for “${query}”${not}`,
       run: (offset) => {
-        const body = { query, ...commonOptions(offset) };
+        const body = { query: terms, ...commonOptions(offset) };
         if (mode === "hybrid") {
           body.mode = "hybrid";
           body.alpha = alpha;
@@ -267,13 +307,16 @@
     };
   }
 
-  function similarSearch(record) {
-    const name = record.caption ? `“${record.caption}”` : record.id;
+  function similarSearch(records) {
+    const names = records.map((record) => (record.caption ? `“${record.caption}”` : record.id));
+    const examples = records.length === 1
+      ? { id: records[0].id }
+      : { ids: records.map((record) => record.id) };
     return {
-      label: `like ${name}`,
-      // The service leaves the image itself out of the results.
+      label: `like ${names.join(", ")}`,
+      // The service leaves the example images out of the results.
       run: (offset) =>
-        api("search/similar", { method: "POST", json: { id: record.id, ...commonOptions(offset) } }),
+        api("search/similar", { method: "POST", json: { ...examples, ...commonOptions(offset) } }),
     };
   }
 
@@ -359,14 +402,55 @@
     similar.setAttribute("aria-label", `More like this: ${image.caption || image.id}`);
     similar.addEventListener("click", () => moreLikeThis(image));
 
-    li.append(open, caption, meta, tags, similar);
+    const pick = document.createElement("label");
+    pick.className = "pick";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.className = "pick-box";
+    box.setAttribute("aria-label", `Select for more like these: ${image.caption || image.id}`);
+    box.addEventListener("change", () => setPicked(image, box.checked, li));
+    pick.append(box, document.createTextNode("Select"));
+
+    li.append(open, caption, meta, tags, pick, similar);
     return li;
   }
+
+  // -- "more like these": results picked with their checkboxes ---------------------------
+
+  const picked = new Map();
+
+  function setPicked(image, on, li) {
+    if (on) picked.set(image.id, image);
+    else picked.delete(image.id);
+    li.classList.toggle("picked", on);
+    syncSelection();
+  }
+
+  function clearPicked() {
+    picked.clear();
+    for (const box of el.results.querySelectorAll(".pick-box")) box.checked = false;
+    for (const li of el.results.querySelectorAll(".picked")) li.classList.remove("picked");
+    syncSelection();
+  }
+
+  function syncSelection() {
+    el.selection.hidden = picked.size === 0;
+    el.selectionCount.textContent = `${picked.size} selected`;
+  }
+
+  el.similarSelected.addEventListener("click", () => {
+    if (!picked.size) return;
+    const examples = [...picked.values()];
+    el.resultsHeading.focus();
+    runSearch(similarSearch(examples));
+  });
+  el.selectionClear.addEventListener("click", clearPicked);
 
   function renderResults(results, { append, searchLabel, tookMs }) {
     if (!append) {
       releaseObjectUrls();
       el.results.replaceChildren();
+      clearPicked(); // a selection is of the results on show
     }
     el.results.append(...results.map(resultItem));
     const shown = el.results.children.length;
@@ -380,7 +464,7 @@
   function moreLikeThis(image) {
     if (el.viewer.open) el.viewer.close();
     el.resultsHeading.focus();
-    runSearch(similarSearch(image));
+    runSearch(similarSearch([image]));
   }
 
   // -- the image dialog ----------------------------------------------------------------
@@ -469,7 +553,7 @@
       showError(new ApiError(0, "", "Type some words to search for."));
       return;
     }
-    runSearch(textSearch(query));
+    runSearch(textSearch(query, splitTags(el.notQuery.value)));
   });
 
   el.urlForm.addEventListener("submit", (event) => {

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ingress.settings import AppArgs
 from ingress.stores.base import StoreError
 from ingress.stores.records import ImageFilter
+from ingress.stores.walk import record_pages
 from ingress.tools.config import (
     EXIT_STORE_FAILED,
     StoresUnavailable,
@@ -19,7 +20,6 @@ from ingress.tools.config import (
     usage_error,
     without_bucket_creation,
 )
-from ingress.tools.walk import record_pages
 
 FAILED = ImageFilter(caption_statuses=("failed",))
 

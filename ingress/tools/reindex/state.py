@@ -17,7 +17,7 @@ from imagesearch_cli.progress import duration
 from ingress.settings import LanceDBArgs, StorageArgs
 from ingress.stores.base import VectorStore
 from ingress.stores.records import ImageRecord
-from ingress.tools.walk import record_pages
+from ingress.stores.walk import record_pages
 
 logger = logging.getLogger("ingress.tools.reindex")
 

@@ -13,6 +13,7 @@ from ingress.settings import AppArgs, LanceDBArgs, StorageArgs
 from ingress.stores.base import BlobStore, EmbeddingMismatch, StoreError, VectorStore
 from ingress.stores.factory import open_blob_store, open_vector_store
 from ingress.stores.records import IndexedImage
+from ingress.stores.walk import record_pages
 from ingress.tools.config import (
     describe_storage,
     describe_vectors,
@@ -30,7 +31,6 @@ from ingress.tools.reindex.state import (
     resumed,
     vectors_name,
 )
-from ingress.tools.walk import record_pages
 
 _Store = TypeVar("_Store", VectorStore, BlobStore)
 

@@ -1,5 +1,6 @@
-"""Walking every record of a vector store, a page at a time in id order: the one loop the
-tools page with (reindex's passes and its walk of the target, maintenance's orphan check)."""
+"""Walking every record of a vector store, a page at a time in id order: the one loop
+that the orphan rules (ingress.core.orphans) and the tools (reindex's passes and its
+walk of the target) page with."""
 
 from __future__ import annotations
 
