@@ -131,6 +131,10 @@ class VectorStore(Protocol):
 
     async def get_vector(self, image_id: str) -> np.ndarray | None: ...
 
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ids have a record: one query for the lot (the bulk job asks this of
+        every batch before it embeds anything)."""
+
     async def delete(self, image_id: str) -> bool:
         """True when a record was removed, False when there was none."""
 

@@ -228,6 +228,21 @@ class LanceDBVectorStore:
         rows = await self._get_rows(image_id, (VECTOR_COLUMN,))
         return vector_of(rows[0]) if rows else None
 
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        wanted = builtins.list(dict.fromkeys(ids))
+        if not wanted:
+            return set()
+        table = await self._get_table()
+        with store_errors("existing ids"):
+            result = await (
+                table.query()
+                .where(col("id").isin(wanted))
+                .select(["id"])
+                .limit(len(wanted))
+                .to_arrow()
+            )
+        return {str(value) for value in result.column("id").to_pylist()}
+
     async def _get_rows(
         self, image_id: str, columns: Sequence[str]
     ) -> builtins.list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import weaviate
 from weaviate.classes.data import DataObject
-from weaviate.classes.query import MetadataQuery, Sort
+from weaviate.classes.query import Filter, MetadataQuery, Sort
 from weaviate.collections import CollectionAsync
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateInsertManyAllFailedError
 
@@ -218,6 +218,23 @@ class WeaviateVectorStore(WeaviateCollection):
         )
 
     # -- reads -------------------------------------------------------------------
+
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        # Only canonical UUID text can name an object (as in get); Weaviate answers in it.
+        wanted = [i for i in dict.fromkeys(ids) if canonical_uuid(i) is not None]
+        if not wanted:
+            return set()
+        collection = await self._get_collection()
+        result = await self._call(
+            "existing ids",
+            lambda: collection.query.fetch_objects(
+                filters=Filter.by_id().contains_any(wanted),
+                limit=len(wanted),
+                return_properties=[],
+            ),
+            self.query_timeout_s,
+        )
+        return {str(obj.uuid) for obj in result.objects}.intersection(wanted)
 
     async def get(self, image_id: str) -> ImageRecord | None:
         object_id = canonical_uuid(image_id)

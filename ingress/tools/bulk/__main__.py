@@ -1,0 +1,5 @@
+"""`python -m ingress.tools.bulk`."""
+
+from ingress.tools.bulk.cli import entry
+
+entry()
