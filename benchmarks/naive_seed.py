@@ -74,6 +74,14 @@ def build_app(blip_dir: str, clip_dir: str, dtype: torch.dtype, max_new_tokens: 
         description = gen_caption(image)
         return {"description": description, "embedding_vector": gen_embedding(image)}
 
+    # The seed's roadmap search by image, as naive as the rest: one CLIP call per
+    # request (its k-NN over the few vectors it would hold costs nothing beside it).
+    @app.post("/search/image")
+    async def search_image(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        image = Image.open(io.BytesIO(await file.read())).convert("RGB")
+        gen_embedding(image)
+        return {"results": []}
+
     return app
 
 

@@ -15,6 +15,7 @@ from deployments.batching import apply_batch_settings, current_batch_settings, u
 from deployments.contracts import CaptionerInfo, validate_image_array
 from deployments.fast_attention import use_sdpa_in_blip_vision
 from deployments.model_runner import ModelRunner
+from deployments.preprocessing import pixel_pipeline
 from deployments.probe import probe_image
 from deployments.settings import BatchSettings, CaptionerSettings
 
@@ -33,6 +34,9 @@ class BlipCaptioner(ModelRunner):
         self._load_model(BlipForConditionalGeneration, BlipProcessor, self.settings.model)
         # Same attention math, one fused kernel: the vision encoder is most of a caption.
         use_sdpa_in_blip_vision(self.model)
+        self._pixels = pixel_pipeline(
+            self.processor, self.placement, self.settings.model.preprocess
+        )
         self._start("captioner")
         logger.info("captioner ready: %s on %s", self.model_id, self.placement)
 
@@ -67,11 +71,13 @@ class BlipCaptioner(ModelRunner):
     # -- the math, on validated images -----------------------------------------------------
 
     def _generate(self, images: list[np.ndarray], max_new_tokens: int | None = None) -> list[str]:
-        text = [self.settings.prompt] * len(images) if self.settings.prompt else None
-        inputs = self.processor(images=images, text=text, return_tensors="pt")
-        inputs = inputs.to(self.placement.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.placement.dtype)
         with torch.inference_mode():
+            inputs: dict[str, Any] = {"pixel_values": self._pixels(images)}
+            if self.settings.prompt:
+                prompt = self.processor(
+                    text=[self.settings.prompt] * len(images), return_tensors="pt"
+                )
+                inputs.update(prompt.to(self.placement.device))
             tokens = self.model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens or self.settings.max_new_tokens,

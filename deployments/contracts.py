@@ -43,6 +43,11 @@ class EmbedderInfo(BaseModel):
     dtype: str
     replica: str
     batching: EmbedderBatching
+    # The shorter side the model resizes an image to (CLIP's shortest_edge; the larger
+    # of height and width where it resizes to both): a query image needs no more.
+    # None where the processor's settings do not say (the ingress then sends queries
+    # as large as stored images).
+    input_side: int | None = None
 
 
 def validate_image_array(image: Any) -> np.ndarray:

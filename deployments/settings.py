@@ -14,6 +14,7 @@ DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
 DEFAULT_EMBEDDING_MODEL = "openai/clip-vit-base-patch32"
 
 DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
+PreprocessChoice = Literal["auto", "tensor", "processor"]
 
 
 class ModelSettings(BaseModel):
@@ -29,6 +30,11 @@ class ModelSettings(BaseModel):
     # replicas sharing a machine do not oversubscribe the cores.
     num_threads: int | None = Field(default=None, ge=1)
     revision: str | None = None
+    # Images to pixel_values: "tensor" (torch on the replica's device, from the image
+    # processor's own settings; deployments/preprocessing.py), "processor" (Hugging
+    # Face's, per image on the CPU), "auto" (tensor wherever the processor's settings
+    # allow it: several times faster on CPU, and on CUDA the work leaves the CPU).
+    preprocess: PreprocessChoice = "auto"
 
 
 class BatchSettings(BaseModel):

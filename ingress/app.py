@@ -73,7 +73,9 @@ async def assemble(
     return Runtime(
         args=args,
         models=models,
-        service=ImageService(models, vectors, blobs, limits, args.search),
+        service=ImageService(
+            models, vectors, blobs, limits, args.search, query_side=models.image_input_side
+        ),
         fetcher=SafeFetcher(fetch_policy(args.url_fetch, args.intake.max_upload_bytes)),
         thumbnails=thumbnailer(args.thumbnails, limits),
         keyring=keyring,

@@ -13,7 +13,7 @@ import io
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -75,8 +75,8 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WHITE = (255, 255, 255)
 # JPEG draft decodes at 1/2, 1/4 or 1/8 scale in the IDCT, which is nearly free; keeping
-# at least twice the target size before the final LANCZOS pass matches what
-# Image.thumbnail does with its default reducing_gap, so quality is not traded away.
+# at least twice the target size before the final resize matches what Image.thumbnail
+# does with its default reducing_gap, so quality is not traded away.
 _DRAFT_HEADROOM = 2
 
 
@@ -91,11 +91,48 @@ class ImageLimits:
     max_frames: int = 1000
     # Longest side of the compact image handed to the model deployments.
     model_side: int = 512
+    # Set for a search query, which is never stored, thumbnailed or captioned: shrink
+    # further until the shorter side is this, the embedder's input side (all it looks
+    # at), so the decode, the resize and the array sent to the embedder are smaller.
+    short_side: int | None = None
+    # The final resize. LANCZOS for stored images (captioner and embedder both resize
+    # them again); a query's resize is the embedder's own, so it uses the embedder's
+    # filter, bicubic (CLIP, SigLIP), which is also ~1.6x cheaper (benchmarks/RESULTS.md).
+    resample: Image.Resampling = Image.Resampling.LANCZOS
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_pixels", "max_frames", "model_side"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ImageLimits.{name} must be positive")
+        if self.short_side is not None and self.short_side <= 0:
+            raise ValueError("ImageLimits.short_side must be positive")
+
+    def for_query(self, input_side: int | None) -> ImageLimits:
+        """The limits of a search query for an embedder whose input's shorter side is
+        `input_side`; unknown (None), a query is decoded as a stored image is."""
+        if input_side is None:
+            return self
+        return replace(self, short_side=input_side, resample=Image.Resampling.BICUBIC)
+
+    def scale(self, width: int, height: int) -> float:
+        """The factor an image of this size is scaled by (1 or more: kept as it is)."""
+        scale = self.model_side / max(width, height)
+        if self.short_side is not None:
+            scale = min(scale, self.short_side / min(width, height))
+        return scale
+
+    def query_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The (width, height) a query is resized to, exactly as the embedder's own
+        resize computes it (transformers truncates the longer side), so that the
+        embedder's resize is a copy it skips; None where model_side binds instead
+        (a very elongated image, shrunk as a stored one is) or nothing is shrunk."""
+        if self.short_side is None or self.short_side >= min(width, height):
+            return None
+        short, long = sorted((width, height))
+        new_long = int(self.short_side * long / short)
+        if new_long > self.model_side:
+            return None
+        return (new_long, self.short_side) if width >= height else (self.short_side, new_long)
 
     @classmethod
     def of(cls, intake: IntakeArgs) -> ImageLimits:
@@ -174,12 +211,12 @@ def _decode(data: bytes, limits: ImageLimits) -> DecodedImage:
 
         orientation = _exif_orientation(im)
         if fmt in ("JPEG", "MPO"):
-            _draft_jpeg(im, limits.model_side)
+            _draft_jpeg(im, limits)
         im.load()  # frame 0 only; raises on truncated data (LOAD_TRUNCATED_IMAGES is off)
         image: Image.Image = im
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
-        compact = _compact_rgb(image, limits.model_side)
+        compact = _compact_rgb(image, limits)
         pixels = np.ascontiguousarray(np.array(compact, dtype=np.uint8))
 
     if orientation in (5, 6, 7, 8):  # these orientations rotate by 90 degrees
@@ -273,28 +310,28 @@ def _exif_orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _draft_jpeg(im: Image.Image, model_side: int) -> None:
+def _draft_jpeg(im: Image.Image, limits: ImageLimits) -> None:
     """Let libjpeg decode at 1/2..1/8 scale when only a small image is needed.
 
     Must run before load(); it changes im.size, so callers read the original size first.
+    Before EXIF rotation, which swaps both the sides and the box: the scale is the same.
     """
-    target = model_side * _DRAFT_HEADROOM
     width, height = im.size
-    if max(width, height) <= target:
+    k = _DRAFT_HEADROOM * limits.scale(width, height)
+    if k >= 1:
         return
-    k = target / max(width, height)
     im.draft(None, (max(1, math.ceil(width * k)), max(1, math.ceil(height * k))))
 
 
-def _compact_rgb(image: Image.Image, side: int) -> Image.Image:
-    """Any PIL mode -> RGB with longest side <= side (alpha flattened onto white)."""
+def _compact_rgb(image: Image.Image, limits: ImageLimits) -> Image.Image:
+    """Any PIL mode -> RGB shrunk as `limits` say (alpha flattened onto white)."""
     mode = image.mode
     if mode.startswith("I;16"):
         # 16-bit samples use the full 0..65535 range; PIL's convert would clip at 255.
         image = Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
     elif mode in ("I", "F"):
         # Range unknown (32-bit ints, floats): shrink in full precision first, then map.
-        image.thumbnail((side, side), Image.Resampling.LANCZOS)
+        image = _shrink(image, limits)
         image = Image.fromarray(_stretch_to_uint8(np.asarray(image)))
     elif mode == "La":
         image = image.convert("LA")  # PIL converts premultiplied La only to LA
@@ -307,9 +344,16 @@ def _compact_rgb(image: Image.Image, side: int) -> Image.Image:
     elif image.mode != "RGB":
         image = image.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
 
-    # Pre-reduces by an integer factor, then LANCZOS; never enlarges.
-    image.thumbnail((side, side), Image.Resampling.LANCZOS)
-    return image
+    return _shrink(image, limits)
+
+
+def _shrink(image: Image.Image, limits: ImageLimits) -> Image.Image:
+    """One resize (after an integer pre-reduction, reducing_gap 2); never enlarges."""
+    size = limits.query_size(*image.size)
+    if size is None:
+        image.thumbnail((limits.model_side, limits.model_side), limits.resample)
+        return image
+    return image.resize(size, limits.resample, reducing_gap=_DRAFT_HEADROOM)
 
 
 def _stretch_to_uint8(a: np.ndarray) -> np.ndarray:

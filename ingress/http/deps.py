@@ -51,17 +51,20 @@ async def read_form(request: Request, runtime: Runtime) -> FormData:
     return await request.form(max_files=1, max_fields=runtime.args.intake.max_tags + 8)
 
 
-async def decode_upload(form: FormData, runtime: Runtime) -> DecodedImage:
+async def decode_upload(
+    form: FormData, runtime: Runtime, *, for_query: bool = False
+) -> DecodedImage:
+    """`for_query`: see ImageService.decode."""
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise InvalidRequest("multipart field `file` with the image is required")
     data = await upload.read(runtime.args.intake.max_upload_bytes + 1)
-    return await runtime.service.decode(data, upload.content_type)
+    return await runtime.service.decode(data, upload.content_type, for_query=for_query)
 
 
-async def fetch_image(url: str, runtime: Runtime) -> DecodedImage:
+async def fetch_image(url: str, runtime: Runtime, *, for_query: bool = False) -> DecodedImage:
     fetched = await runtime.fetcher.fetch(url)
-    return await runtime.service.decode(fetched.data, fetched.content_type)
+    return await runtime.service.decode(fetched.data, fetched.content_type, for_query=for_query)
 
 
 def form_flag(form: FormData, name: str) -> bool:

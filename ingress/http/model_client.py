@@ -35,6 +35,7 @@ class ServedModels:
         self.caption_model = caption_model
         self.embedding_model = embedder_info.model_id
         self.embedding_dim = embedder_info.dim
+        self.image_input_side = embedder_info.input_side
         self._timeout_s = timeout_s
         self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
 

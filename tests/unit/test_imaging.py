@@ -97,7 +97,8 @@ def test_small_image_is_not_enlarged() -> None:
     assert decoded.pixels.shape == (30, 40, 3)
 
 
-def test_large_jpeg_is_decoded_with_draft(monkeypatch: pytest.MonkeyPatch) -> None:
+def spy_on_drafts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes libjpeg was set to decode at, appended as decode_image drafts."""
     drafted: list[tuple[int, int]] = []
     original = JpegImagePlugin.JpegImageFile.draft
 
@@ -108,6 +109,11 @@ def test_large_jpeg_is_decoded_with_draft(monkeypatch: pytest.MonkeyPatch) -> No
         return result
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    return drafted
+
+
+def test_large_jpeg_is_decoded_with_draft(monkeypatch: pytest.MonkeyPatch) -> None:
+    drafted = spy_on_drafts(monkeypatch)
     data = encode(gradient(2400, 1600), "JPEG", quality=80)
     decoded = decode_image(data, SMALL)
     # libjpeg decoded at 1/8 scale, yet the record keeps the original size.
@@ -322,3 +328,134 @@ def test_pil_global_state_is_left_alone() -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="model_side"):
         ImageLimits(model_side=0)
+
+
+# -- search queries: decoded only as far as the embedder looks (ImageLimits.for_query) --
+
+QUERY = ImageLimits().for_query(224)
+
+
+def photo_jpeg(seed: int, width: int, height: int, crop: int = 0, quality: int = 90) -> bytes:
+    """Smooth content plus noise, like a photo; `crop` trims a border (a query that is
+    not byte for byte an indexed image)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    smooth = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    noise = rng.integers(-12, 13, (height, width, 3))
+    pixels = np.clip(np.asarray(smooth, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels).crop((crop, crop, width - crop, height - crop))
+    return encode(image, "JPEG", quality=quality)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "shape"),
+    [
+        (640, 480, (224, 298, 3)),  # shorter side 224; longer truncated as transformers does
+        (480, 640, (298, 224, 3)),
+        (500, 500, (224, 224, 3)),
+        (200, 150, (150, 200, 3)),  # never enlarged
+        (1200, 300, (128, 512, 3)),  # elongated: model_side binds, as for a stored image
+    ],
+)
+def test_query_shorter_side_is_the_embedders_input_side(
+    width: int, height: int, shape: tuple[int, int, int]
+) -> None:
+    data = photo_jpeg(0, width, height)
+    query, stored = decode_image(data, QUERY), decode_image(data, ImageLimits())
+    assert query.pixels.shape == shape
+    assert_compact(query, 512)
+    assert (query.width, query.height, query.sha256) == (width, height, stored.sha256)
+    if width == 1200:
+        assert query.pixels.shape == stored.pixels.shape
+
+
+def test_query_of_an_unknown_input_side_is_decoded_as_a_stored_image() -> None:
+    assert ImageLimits().for_query(None) == ImageLimits()
+    with pytest.raises(ValueError, match="short_side"):
+        ImageLimits(short_side=0)
+
+
+def test_query_jpeg_draft_is_chosen_for_the_query_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    drafted = spy_on_drafts(monkeypatch)
+    data = encode(gradient(4000, 3000), "JPEG", quality=80)
+    assert decode_image(data, ImageLimits()).pixels.shape == (384, 512, 3)
+    query = decode_image(data, QUERY)
+    assert query.pixels.shape == (224, 298, 3)
+    # 1/2 scale for a stored image (1/4 would leave 1000 < 2 x 512), 1/4 for a query:
+    # still at least twice its size (1/8, 500 x 375, would not be) before the resize.
+    assert drafted == [(2000, 1500), (1000, 750)]
+
+
+def test_rotated_query_keeps_its_orientation() -> None:
+    array = np.zeros((480, 640, 3), np.uint8)
+    array[:, :320] = (255, 0, 0)  # left half red
+    array[:, 320:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(encode(Image.fromarray(array), "JPEG", exif=exif, quality=95), QUERY)
+    assert decoded.pixels.shape == (298, 224, 3)
+    top, bottom = decoded.pixels[10, 112], decoded.pixels[-10, 112]
+    assert top[0] > 200 and top[2] < 60
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_query_pixels_are_what_the_seeds_processor_computes_on_the_full_image() -> None:
+    """The query's one resize is CLIP's own (shortest side 224, bicubic), so the
+    embedder's resize is an exact copy it skips and the model sees what the Hugging
+    Face processor makes of the whole decoded image; a stored image differs (LANCZOS
+    to 512 first) by a level or two."""
+    import torch
+    from transformers import CLIPImageProcessor
+
+    from deployments.model_loading import Placement
+    from deployments.preprocessing import PixelRecipe, TensorPreprocessor, image_input_side
+
+    processor = CLIPImageProcessor()
+    side = image_input_side(processor)
+    assert side == 224
+    tensors = TensorPreprocessor(
+        PixelRecipe.of(processor), Placement(torch.device("cpu"), torch.float32)
+    )
+    half_level = 0.5 / 255 / min(processor.image_std)
+    for seed, (width, height) in enumerate([(640, 480), (480, 640), (1600, 1200)]):
+        data = photo_jpeg(seed, width, height)
+        full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        expected = processor(images=[full], return_tensors="pt")["pixel_values"]
+        query = tensors([decode_image(data, ImageLimits().for_query(side)).pixels])
+        stored = tensors([decode_image(data, ImageLimits()).pixels])
+        assert query.shape == expected.shape == (1, 3, 224, 224)
+        if width == 1600:  # decoded at 1/2 scale by libjpeg: a level or two off, no more
+            assert float((query - expected).abs().mean()) < half_level
+        else:
+            assert float((query - expected).abs().max()) < half_level
+        assert float((stored - expected).abs().max()) > half_level
+
+
+def test_query_decoded_for_the_embedder_ranks_as_the_stored_size(tiny_clip_dir: Any) -> None:
+    """A small index with the tiny CLIP: queries (cropped, recompressed copies of the
+    indexed photos) rank the index the same, decoded the fast way or at 512."""
+    from deployments.embedder import DualEncoderEmbedder
+    from deployments.settings import EmbedderSettings, ModelSettings
+
+    embedder = DualEncoderEmbedder(
+        EmbedderSettings(model=ModelSettings(model_id=str(tiny_clip_dir), dtype="float32"))
+    )
+    side = embedder.info().input_side
+    assert side == 32
+    fast = ImageLimits().for_query(side)
+    sizes = [(640, 480), (480, 640), (800, 600), (1600, 1200)]
+    indexed = [photo_jpeg(seed, *sizes[seed % 4]) for seed in range(12)]
+    queries = [photo_jpeg(seed, *sizes[seed % 4], crop=12, quality=60) for seed in range(12)]
+
+    def vectors(images: list[bytes], limits: ImageLimits) -> np.ndarray:
+        decoded = [decode_image(data, limits).pixels for data in images]
+        return np.stack(embedder.embed_images(decoded))
+
+    index = vectors(indexed, ImageLimits())
+    at_512, fast_query = vectors(queries, ImageLimits()), vectors(queries, fast)
+    assert decode_image(queries[0], fast).pixels.shape == (32, 43, 3)  # from 616 x 456
+    ranked_512 = np.argsort(-(at_512 @ index.T), axis=1)
+    ranked_fast = np.argsort(-(fast_query @ index.T), axis=1)
+    assert (ranked_fast[:, 0] == np.arange(12)).all()
+    np.testing.assert_array_equal(ranked_fast[:, :5], ranked_512[:, :5])
+    assert float((fast_query * at_512).sum(axis=1).min()) > 0.999
