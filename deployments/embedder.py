@@ -1,4 +1,5 @@
-"""CLIP image and text embedding as a batched Ray Serve deployment."""
+"""Image and text embedding by a dual encoder (CLIP, SigLIP; deployments/embedder_families.py)
+as a batched Ray Serve deployment."""
 
 from __future__ import annotations
 
@@ -9,33 +10,51 @@ from typing import Any
 import numpy as np
 import torch
 from ray import serve
-from transformers import CLIPModel, CLIPProcessor
+from transformers import AutoModel, AutoProcessor, ProcessorMixin
 
 from deployments.batching import apply_batch_settings, current_batch_settings, unwrap
 from deployments.contracts import EmbedderInfo, validate_image_array, validate_text
+from deployments.embedder_families import family_of
 from deployments.model_runner import ModelRunner
+from deployments.preprocessing import image_input_side, pixel_pipeline
 from deployments.probe import probe_image
 from deployments.settings import EmbedderBatching, EmbedderSettings
 
 logger = logging.getLogger(__name__)
 
 
-class ClipEmbedder(ModelRunner):
+class DualEncoderEmbedder(ModelRunner):
     """Embeds compact RGB images and query texts into one L2-normalised float32 space:
     one per Serve call (`embed_image`, `embed_text`, each batched), or a list at once
     in-process (`embed_images`, `embed_texts`)."""
 
-    model: CLIPModel
-    processor: CLIPProcessor
+    # The family's model class (CLIPModel, SiglipModel, ...), as AutoModel picked it.
+    model: Any
+    processor: ProcessorMixin
 
     def __init__(self, settings: EmbedderSettings | dict[str, Any] | None = None) -> None:
         self.settings = EmbedderSettings.model_validate(settings or {})
-        self._load_model(CLIPModel, CLIPProcessor, self.settings.model)
+        self._load_model(AutoModel, AutoProcessor, self.settings.model)
         config: Any = self.model.config
-        self.dim = int(config.projection_dim)
-        self._max_text_tokens = int(config.text_config.max_position_embeddings)
+        try:
+            self.family = family_of(config.model_type)
+        except ValueError as exc:
+            # As load_pretrained fails: the replica, or the tool, stops with the reason.
+            raise RuntimeError(f"cannot embed with {self.model_id!r}: {exc}") from exc
+        self.dim = self.family.dimension(config)
+        self._max_text_tokens = self.family.max_text_tokens(config)
+        self._pixels = pixel_pipeline(
+            self.processor, self.placement, self.settings.model.preprocess
+        )
+        self.input_side = image_input_side(self.processor)
         self._start("embedder")
-        logger.info("embedder ready: %s (dim %d) on %s", self.model_id, self.dim, self.placement)
+        logger.info(
+            "embedder ready: %s (%s, dim %d) on %s",
+            self.model_id,
+            self.family.name,
+            self.dim,
+            self.placement,
+        )
 
     # -- the public batch API (in-process: tools, benchmarks) ------------------------------
 
@@ -78,6 +97,7 @@ class ClipEmbedder(ModelRunner):
         return EmbedderInfo(
             **self._described(),
             dim=self.dim,
+            input_side=self.input_side,
             batching=EmbedderBatching(
                 image=current_batch_settings(self._image_batch),
                 text=current_batch_settings(self._text_batch),
@@ -87,26 +107,28 @@ class ClipEmbedder(ModelRunner):
     # -- the math, on validated items ------------------------------------------------------
 
     def _image_vectors(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        inputs = self.processor(images=images, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.placement.device, self.placement.dtype)
         with torch.inference_mode():
+            pixel_values = self._pixels(images)
             features = self.model.get_image_features(pixel_values=pixel_values).pooler_output
         return _normalised_rows(features)
 
     def _text_vectors(self, texts: list[str]) -> list[np.ndarray]:
-        inputs = self.processor(
-            text=texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self._max_text_tokens,
-        ).to(self.placement.device)
+        inputs = self.family.encode_texts(
+            self.processor, texts, self._max_text_tokens, self.placement
+        )
         with torch.inference_mode():
             features = self.model.get_text_features(**inputs).pooler_output
         return _normalised_rows(features)
 
     def _warm_up(self) -> None:
-        self._probe()
+        widths = {len(v) for v in self._image_vectors([probe_image()]) + self._text_vectors(["a"])}
+        if widths != {self.dim}:
+            # A family reading the wrong config field would fill a store with vectors
+            # of a width its recording does not state.
+            raise RuntimeError(
+                f"{self.model_id!r}: its config gives dim {self.dim}, its towers "
+                f"vectors of {sorted(widths)}"
+            )
 
     def _probe(self) -> None:
         # Both towers, so a broken tokenizer fails as loudly as a broken vision model.
@@ -121,7 +143,10 @@ Embedder = serve.deployment(
     ray_actor_options={"num_cpus": 1},
     user_config=EmbedderBatching().model_dump(),
     health_check_period_s=30,
-)(ClipEmbedder)
+)(DualEncoderEmbedder)
+
+# The name from when only CLIP was served; benchmarks, tools and tests import it.
+ClipEmbedder = DualEncoderEmbedder
 
 
 def _normalised_rows(features: torch.Tensor) -> list[np.ndarray]:

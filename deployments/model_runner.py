@@ -1,7 +1,7 @@
 """What both model classes share around their forward passes: loading, the one thread
 the passes run on, liveness for `check_health`, and the two ways into the same math.
 
-A model class (BlipCaptioner, ClipEmbedder) loads its model with `_load_model`, calls
+A model class (BlipCaptioner, DualEncoderEmbedder) loads its model with `_load_model`, calls
 `_start`, and writes its math once, as plain methods over a list of already validated
 items (the hooks, e.g. `_generate`). Then:
 

@@ -99,6 +99,23 @@ def search_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def text_query(text: str, negative: list[str] | None, negative_weight: float) -> Any:
+    """The `query` field: the plain text, or with --not terms the weighted list (a service
+    without weighted terms still answers the plain form)."""
+    if not negative:
+        return text
+    return [{"text": text, "weight": 1.0}] + [
+        {"text": words, "weight": -negative_weight} for words in negative
+    ]
+
+
+def similar_query(ids: list[str], negative_ids: list[str] | None) -> dict[str, Any]:
+    """The /search/similar body: one id as the single-id form, else ids and negative_ids."""
+    if len(ids) == 1 and not negative_ids:
+        return {"id": ids[0]}
+    return {"ids": ids, **({"negative_ids": negative_ids} if negative_ids else {})}
+
+
 def search(args: argparse.Namespace, conn: Connection) -> int:
     named = [x for x in (args.query, args.image, args.image_url, args.similar) if x is not None]
     if len(named) != 1:
@@ -108,6 +125,10 @@ def search(args: argparse.Namespace, conn: Connection) -> int:
     hybrid = args.hybrid or args.alpha is not None
     if hybrid and args.query is None:
         return fail("--hybrid and --alpha apply to text searches only", USAGE)
+    if args.negative and args.query is None:
+        return fail("--not applies to text searches only (--not-similar to --similar)", USAGE)
+    if args.not_similar and args.similar is None:
+        return fail("--not-similar applies to --similar searches only", USAGE)
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         return fail("--alpha must be between 0 and 1", USAGE)
     common: dict[str, Any] = {}
@@ -132,7 +153,8 @@ def search(args: argparse.Namespace, conn: Connection) -> int:
             name = Path(args.image).name
             answer = await api.search_image(image, name, content_type_for(name), fields)
         elif args.query is not None:
-            text: dict[str, Any] = {"query": args.query, **common}
+            query = text_query(args.query, args.negative, args.not_weight)
+            text: dict[str, Any] = {"query": query, **common}
             if hybrid:
                 text["mode"] = "hybrid"
                 if args.alpha is not None:
@@ -141,7 +163,8 @@ def search(args: argparse.Namespace, conn: Connection) -> int:
         elif args.image_url is not None:
             answer = await api.search("url", {"url": args.image_url, **common})
         else:
-            answer = await api.search("similar", {"id": args.similar, **common})
+            similar = similar_query(args.similar, args.not_similar)
+            answer = await api.search("similar", {**similar, **common})
         if args.json:
             print_json(answer)
         else:

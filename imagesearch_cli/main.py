@@ -8,6 +8,7 @@ only too): the commands (aiohttp, boto3, numpy) load after the arguments are par
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,14 @@ def _number(kind: type[int] | type[float], minimum: float, *, strict: bool = Fal
 _positive_int = _number(int, 1)
 _non_negative_int = _number(int, 0)
 _positive_float = _number(float, 0, strict=True)
+
+
+def _weight(text: str) -> float:
+    value = float(_positive_float(text))
+    # The service's bound on a term's weight (ingress.core.queries.MAX_WEIGHT).
+    if not math.isfinite(value) or value > 10:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 10: {text}")
+    return value
 
 
 def _connection_options(suppress: bool) -> argparse.ArgumentParser:
@@ -155,7 +164,32 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", nargs="?", metavar="TEXT", help="words to search for")
     search.add_argument("--image", metavar="FILE", help="find images like this file")
     search.add_argument("--image-url", metavar="URL", help="find images like the one at URL")
-    search.add_argument("--similar", metavar="ID", help="find images like a stored one")
+    search.add_argument(
+        "--not",
+        dest="negative",
+        action="append",
+        metavar="TEXT",
+        help="text search: move away from TEXT (repeatable)",
+    )
+    search.add_argument(
+        "--not-weight",
+        type=_weight,
+        default=0.5,
+        metavar="W",
+        help="how much each --not counts against TEXT's 1 (default 0.5; at most 10)",
+    )
+    search.add_argument(
+        "--similar",
+        action="append",
+        metavar="ID",
+        help="find images like a stored one (repeatable: like all of them)",
+    )
+    search.add_argument(
+        "--not-similar",
+        action="append",
+        metavar="ID",
+        help="with --similar: move away from a stored image (repeatable)",
+    )
     search.add_argument("--limit", type=_positive_int, help="number of results")
     search.add_argument(
         "--hybrid",

@@ -12,7 +12,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from tests.support.ports import free_port
-from tests.support.tiny_models import build_tiny_blip, build_tiny_clip
+from tests.support.tiny_models import build_tiny_blip, build_tiny_clip, build_tiny_siglip
 
 # Each folder of tests is a tier with a marker of the same name: `-m unit`, or the path.
 TIERS = ("unit", "stores", "served", "repo")
@@ -33,6 +33,11 @@ def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
 
 
 @pytest.fixture(scope="session")

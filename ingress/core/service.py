@@ -17,10 +17,11 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from ingress.core import ranking
+from ingress.core import queries, ranking
 from ingress.core.errors import BadCursor, NotFound
 from ingress.core.imaging import DecodedImage, ImageLimits, decode_image
 from ingress.core.ranking import RankedHit
+from ingress.core.storing import drop_unreferenced_blob
 from ingress.settings import SearchArgs
 from ingress.stores.base import BlobStore, VectorStore
 from ingress.stores.records import (
@@ -103,16 +104,24 @@ class ImageService:
         blobs: BlobStore,
         limits: ImageLimits,
         search: SearchArgs | None = None,
+        query_side: int | None = None,
     ) -> None:
         self.models = models
         self.vectors = vectors
         self.blobs = blobs
         self.limits = limits
+        # `query_side`: the embedder's input side (EmbedderInfo.input_side), if known.
+        self.query_limits = limits.for_query(query_side)
         self.search = search or SearchArgs()
 
-    async def decode(self, data: bytes, declared_type: str | None = None) -> DecodedImage:
+    async def decode(
+        self, data: bytes, declared_type: str | None = None, *, for_query: bool = False
+    ) -> DecodedImage:
+        """`for_query`: an image only searched with, never stored, thumbnailed or
+        captioned; decoded only as large as the embedder looks (ImageLimits.for_query)."""
+        limits = self.query_limits if for_query else self.limits
         # CPU-bound (and a bomb is refused before the expensive part): off the event loop.
-        return await asyncio.to_thread(decode_image, data, self.limits, declared_type)
+        return await asyncio.to_thread(decode_image, data, limits, declared_type)
 
     async def add(
         self,
@@ -185,13 +194,8 @@ class ImageService:
         return NearDuplicate(other.record.id, other.score)
 
     async def _drop_unreferenced_blob(self, image_id: str, key: str) -> None:
-        """Undo the blob of a failed ingest, unless a concurrent add of the same bytes
-        has meanwhile written a record that points at it."""
-        try:
-            if await self.vectors.get(image_id) is None:
-                await self.blobs.delete(key)
-        except Exception:
-            logger.exception("could not remove blob %s of failed ingest %s", key, image_id)
+        # The one rule of ingress.core.storing, shared with the bulk job's writer.
+        await drop_unreferenced_blob(self.vectors, self.blobs, image_id, key)
 
     async def get(self, image_id: str) -> ImageRecord:
         record = await self.vectors.get(image_id)
@@ -227,17 +231,31 @@ class ImageService:
 
     async def search_text(
         self,
-        query: str,
+        query: str | Sequence[queries.Term],
         options: SearchOptions,
         mode: Literal["vector", "hybrid"] = "vector",
         alpha: float | None = None,
     ) -> SearchOutcome:
+        """By words: one text, or weighted terms (ingress.core.queries). Hybrid mode
+        looks for the positive terms' words only."""
         started = time.perf_counter()
-        vector = await self.models.embed_text(query)
+        terms = queries.text_terms(query, self.search.max_query_chars)
+        # Each distinct text once, concurrently: the embedder batches them.
+        texts = list(dict.fromkeys(term.text for term in terms))
+        embedded = dict(
+            zip(texts, await asyncio.gather(*map(self.models.embed_text, texts)), strict=True)
+        )
+        vector = queries.weighted_sum(
+            [embedded[term.text] for term in terms], [term.weight for term in terms]
+        )
         if mode == "vector":
             return await self._vector_search(vector, options, started)
         return await self._hybrid_search(
-            query, vector, options, self.search.default_alpha if alpha is None else alpha, started
+            queries.keyword_text(terms),
+            vector,
+            options,
+            self.search.default_alpha if alpha is None else alpha,
+            started,
         )
 
     async def search_image(self, image: DecodedImage, options: SearchOptions) -> SearchOutcome:
@@ -245,18 +263,25 @@ class ImageService:
         vector = await self.models.embed_image(image.pixels)
         return await self._vector_search(vector, options, started)
 
-    async def search_similar(self, image_id: str, options: SearchOptions) -> SearchOutcome:
-        """More like this: the stored vector of `image_id` as the query; the image
-        itself is never among the results."""
+    async def search_similar(
+        self, ids: str | Sequence[str], options: SearchOptions, negative_ids: Sequence[str] = ()
+    ) -> SearchOutcome:
+        """More like these (and less like `negative_ids`): the average of their stored
+        vectors as the query (ingress.core.queries); none of them is among the results."""
         started = time.perf_counter()
-        vector = await self.vectors.get_vector(image_id)
-        if vector is None:
-            raise NotFound(image_id)
+        examples = queries.examples([ids] if isinstance(ids, str) else ids, negative_ids)
+        found = await asyncio.gather(
+            *map(self.vectors.get_vector, (*examples.positive, *examples.negative))
+        )
+        vectors = queries.stored_vectors((*examples.positive, *examples.negative), found)
+        split = len(examples.positive)
+        vector = queries.average_vector(vectors[:split], vectors[split:])
+        excluded = examples.excluded
 
         async def fetch(n: int) -> list[RankedHit]:
-            # One more: the image itself is usually the first hit.
-            hits = await self.vectors.search(vector, n + 1, options.filters)
-            return ranking.from_vector_hits([h for h in hits if h.record.id != image_id][:n])
+            # More by as many as are left out: the examples are usually the first hits.
+            hits = await self.vectors.search(vector, n + len(excluded), options.filters)
+            return ranking.from_vector_hits([h for h in hits if h.record.id not in excluded][:n])
 
         return await self._rank(fetch, options, started, grows=True)
 

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     Json,
     StrictBool,
+    StrictFloat,
     StrictInt,
+    Tag,
     field_validator,
     model_validator,
 )
 
+from ingress.core import queries
 from ingress.stores.records import ImageFilter, ImageRecord
 from ingress.stores.values import utc
 
@@ -187,8 +191,46 @@ class SearchOptions(_Body):
     )
 
 
+class QueryTerm(_Body):
+    text: str = Field(min_length=1, description="Words, embedded like a plain query.")
+    weight: StrictFloat = Field(
+        default=1.0,
+        ge=-queries.MAX_WEIGHT,
+        le=queries.MAX_WEIGHT,
+        allow_inf_nan=False,
+        description="How much the term counts; negative: results move away from it; not 0.",
+    )
+
+    def to_term(self) -> queries.Term:
+        return queries.Term(self.text, self.weight)
+
+
+_ID = Annotated[str, Field(min_length=1, max_length=queries.MAX_ID_CHARS)]
+
+
+def _query_kind(value: object) -> str:
+    return "terms" if isinstance(value, list) else "text"
+
+
+# A list is terms, anything else text: an error then names the one form meant
+# (`query.terms.0.weight`), not both.
+_Query = Annotated[
+    Annotated[Annotated[str, Field(min_length=1)], Tag("text")]
+    | Annotated[
+        Annotated[list[QueryTerm], Field(min_length=1, max_length=queries.MAX_TERMS)],
+        Tag("terms"),
+    ],
+    Discriminator(_query_kind),
+]
+
+
 class TextSearch(SearchOptions):
-    query: str = Field(min_length=1)
+    query: _Query = Field(
+        description="Words, or weighted terms: the query vector is the normalised weighted "
+        "sum of the terms' vectors (at least one weight positive; in hybrid mode the "
+        "keywords are the positive terms' words).",
+        examples=["a dog on a beach", [{"text": "beach"}, {"text": "people", "weight": -0.5}]],
+    )
     mode: Literal["vector", "hybrid"] = Field(
         default="vector",
         description="vector: CLIP similarity only; hybrid: fused with BM25 over captions.",
@@ -212,7 +254,23 @@ class UrlSearch(SearchOptions):
 
 
 class SimilarSearch(SearchOptions):
-    id: str = Field(min_length=1, max_length=256, description="An indexed image's id.")
+    """Give `id`, or `ids` (both: all of them)."""
+
+    id: _ID | None = Field(default=None, description="An indexed image's id.")
+    ids: list[_ID] = Field(
+        default_factory=list,
+        max_length=queries.MAX_EXAMPLES,
+        description="Indexed images to find more like: their vectors are averaged.",
+    )
+    negative_ids: list[_ID] = Field(
+        default_factory=list,
+        max_length=queries.MAX_EXAMPLES,
+        description="Indexed images to move away from: the query is "
+        "avg(ids) + (avg(ids) - avg(negative_ids)), normalised.",
+    )
+
+    def example_ids(self) -> list[str]:
+        return ([self.id] if self.id is not None else []) + self.ids
 
 
 class ImageSearchForm(BaseModel):
@@ -243,7 +301,8 @@ class SearchResult(BaseModel):
     image: ImageOut
     score: float = Field(
         description="What results are ranked by (higher is better): the cosine similarity "
-        "in vector searches, the fused 0..1 score in hybrid ones."
+        "in vector searches (to the combined query vector, for weighted terms or several "
+        "example images), the fused 0..1 score in hybrid ones."
     )
     vector_score: float | None = Field(
         default=None, description="Cosine similarity of the CLIP vectors, when known."

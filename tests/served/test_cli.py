@@ -455,3 +455,73 @@ def test_hybrid_search_and_tag_filters(
     assert results and all("keyword" in r["matched"] for r in results)
     status, out, _ = run(capsys, "list", "--tag", "dog", "--json")
     assert [r["tags"] for r in json.loads(out)["images"]] == [["dog", "pet"]]
+
+
+def test_search_with_not_terms_and_several_examples(
+    service: str,
+    api: httpx.Client,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("IMAGESEARCH_URL", service)
+    monkeypatch.setenv("IMAGESEARCH_API_KEY", WRITER)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    original = cli_client.ApiClient.search
+
+    async def recording(self: Any, kind: str, body: Any) -> Any:
+        sent.append((kind, dict(body)))
+        return await original(self, kind, body)
+
+    monkeypatch.setattr(cli_client.ApiClient, "search", recording)
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    for n in range(4):
+        (folder / f"e{n}.jpg").write_bytes(_jpeg(700 + n))
+    assert run(capsys, "index", str(folder), "--tags", "examples")[0] == 0
+    listed = api.get("/images", params={"tags_all": "examples", "limit": 10}).json()["images"]
+    a, b, c = (image["id"] for image in listed[:3])
+
+    def search(*argv: str) -> list[str]:
+        status, out, err = run(capsys, "search", *argv, "--limit", "50", "--json")
+        assert status == 0, err
+        return [r["image"]["id"] for r in json.loads(out)["results"]]
+
+    plain = search("a photo", "--tag", "examples")
+    assert sent[-1] == (
+        "text",
+        {"query": "a photo", "limit": 50, "filters": {"tags_all": ["examples"]}},
+    )
+    away = search("a photo", "--not", "people", "--not", "umbrella", "--not-weight", "2")
+    assert sent[-1][1]["query"] == [
+        {"text": "a photo", "weight": 1.0},
+        {"text": "people", "weight": -2.0},
+        {"text": "umbrella", "weight": -2.0},
+    ]
+    assert plain and away
+    search("a photo", "--not", "people", "--hybrid")
+    assert sent[-1][1]["query"][1] == {"text": "people", "weight": -0.5}
+    assert sent[-1][1]["mode"] == "hybrid"
+
+    found = search("--similar", a, "--similar", b)
+    assert sent[-1] == ("similar", {"ids": [a, b], "limit": 50})
+    assert found and not {a, b} & set(found)
+    found = search("--similar", a, "--not-similar", c)
+    assert sent[-1][1] == {"ids": [a], "negative_ids": [c], "limit": 50}
+    assert not {a, c} & set(found)
+    search("--similar", a)
+    assert sent[-1][1] == {"id": a, "limit": 50}
+
+    status, _, err = run(capsys, "search", "--similar", a, "--similar", "no-such-image")
+    assert status == 1 and "404 not_found" in err and "no-such-image" in err
+    status, _, err = run(capsys, "search", "a photo", "--not", "a photo", "--not-weight", "1")
+    assert status == 1 and "422 validation_error" in err and "cancel" in err
+    # Usage errors: exit status 2, nothing sent.
+    before = len(sent)
+    assert run(capsys, "search", "--not", "people")[0] == 2
+    assert run(capsys, "search", "--image", str(folder / "e0.jpg"), "--not", "people")[0] == 2
+    assert run(capsys, "search", "--not-similar", a)[0] == 2
+    assert run(capsys, "search", "a photo", "--similar", a)[0] == 2
+    for weight in ("0", "-1", "11", "nan", "heavy"):
+        assert run(capsys, "search", "a photo", "--not", "x", "--not-weight", weight)[0] == 2
+    assert len(sent) == before

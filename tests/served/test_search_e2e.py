@@ -601,3 +601,238 @@ def test_bad_image_search_form_fields_are_refused(corpus: Corpus, fields: dict[s
     )
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "validation_error"
+
+
+# -- weighted and negative terms, more like these (issue 17) --------------------------------
+
+
+def _vector_scores(corpus: Corpus, **body: Any) -> dict[str, float]:
+    return {
+        corpus.name(r["image"]["id"]): r["vector_score"] for r in _search(corpus, **body)["results"]
+    }
+
+
+def _fits_weighted_sum(
+    scores: dict[str, float], parts: list[tuple[float, dict[str, float]]]
+) -> float:
+    """Checks each score is c * sum(w * part score): the cosine similarity to the
+    normalised weighted sum of the term vectors (c = 1 / that sum's length). Returns c."""
+    names = sorted(scores)
+    got = np.array([scores[n] for n in names])
+    raw = np.array([sum(w * part[n] for w, part in parts) for n in names])
+    c = float(got @ raw / (raw @ raw))
+    np.testing.assert_allclose(got, c * raw, atol=2e-3)
+    return c
+
+
+def test_a_negative_term_moves_the_ranking_away_from_it(corpus: Corpus) -> None:
+    positive = _vector_scores(corpus, query="a photo")
+    # The words whose own nearest image "a photo" ranks highest: moving away from
+    # them must push that image down.
+    candidates = {word: _vector_scores(corpus, query=word) for word in UNIQUE_WORDS}
+    plain_order = sorted(positive, key=lambda n: -positive[n])
+
+    def nearest(word: str) -> str:
+        return max(candidates[word], key=lambda n: candidates[word][n])
+
+    word = min(candidates, key=lambda w: plain_order.index(nearest(w)))
+    target = nearest(word)
+    terms = [{"text": "a photo"}, {"text": word, "weight": -1.0}]
+    answer = _search(corpus, query=terms)
+    scores = {corpus.name(r["image"]["id"]): r["score"] for r in answer["results"]}
+    assert len(scores) == len(NAMES)
+    assert all(r["vector_score"] == r["score"] for r in answer["results"])
+    c = _fits_weighted_sum(scores, [(1.0, positive), (-1.0, candidates[word])])
+    assert 0.5 <= c < 1e3
+    away_order = _names(corpus, answer)
+    assert away_order.index(target) > plain_order.index(target), (word, target)
+    # The default weight of a term is 1, and a one-term list is the plain query.
+    same = _search(corpus, query=[{"text": "a photo"}])
+    assert [r["score"] for r in same["results"]] == pytest.approx(
+        [positive[n] for n in plain_order], abs=1e-5
+    )
+
+
+def test_weighted_terms_and_hybrid_keywords_from_positive_terms(corpus: Corpus) -> None:
+    kite, boat = _vector_scores(corpus, query="kite"), _vector_scores(corpus, query="boat")
+    weighted = _search(corpus, query=[{"text": "kite", "weight": 3}, {"text": "boat"}])
+    scores = {corpus.name(r["image"]["id"]): r["score"] for r in weighted["results"]}
+    _fits_weighted_sum(scores, [(3.0, kite), (1.0, boat)])
+    # Only the ratio of the weights counts.
+    scaled = _search(
+        corpus, query=[{"text": "kite", "weight": 0.3}, {"text": "boat", "weight": 0.1}]
+    )
+    assert _names(corpus, scaled) == _names(corpus, weighted)
+    # Keywords come from the positive terms only: "kite" (the red image's caption) is
+    # a negative term here, so it finds nothing by keyword.
+    keywords = _search(
+        corpus,
+        query=[{"text": "umbrella"}, {"text": "kite", "weight": -0.5}],
+        mode="hybrid",
+        alpha=0,
+    )
+    assert _names(corpus, keywords) == ["purple"]
+    both = _search(
+        corpus,
+        query=[{"text": "umbrella"}, {"text": "kite", "weight": 0.5}],
+        mode="hybrid",
+        alpha=0,
+    )
+    assert sorted(_names(corpus, both)) == ["purple", "red"]
+
+
+def test_more_like_these_averages_and_leaves_every_example_out(corpus: Corpus) -> None:
+    vectors = {name: _embedding(corpus, corpus.data[name]) for name in NAMES}
+
+    def expected(positive: list[str], negative: list[str]) -> dict[str, float]:
+        mean = np.mean([vectors[n] for n in positive], axis=0)
+        query = 2 * mean - np.mean([vectors[n] for n in negative], axis=0) if negative else mean
+        query /= np.linalg.norm(query)
+        return {n: float(vectors[n] @ query) for n in NAMES if n not in {*positive, *negative}}
+
+    for positive, negative in [
+        (["red", "blue"], []),
+        (["red", "blue", "green"], ["orange"]),
+        (["white"], [COPY, "black"]),
+    ]:
+        answer = _search(
+            corpus,
+            "/search/similar",
+            ids=[corpus.id(n) for n in positive],
+            negative_ids=[corpus.id(n) for n in negative],
+        )
+        want = expected(positive, negative)
+        assert sorted(_names(corpus, answer)) == sorted(want), (positive, negative)
+        got = {corpus.name(r["image"]["id"]): r["score"] for r in answer["results"]}
+        assert got == pytest.approx(want, abs=2e-3)
+        scores = [r["score"] for r in answer["results"]]
+        assert scores == sorted(scores, reverse=True)
+    # Moving away from the orange image pushes its near-duplicate to the bottom.
+    away = _search(
+        corpus, "/search/similar", ids=[corpus.id("red")], negative_ids=[corpus.id("orange")]
+    )
+    towards = _search(corpus, "/search/similar", ids=[corpus.id("red")])
+    assert _names(corpus, away)[-1] == COPY
+    assert _names(corpus, away).index(COPY) > _names(corpus, towards).index(COPY)
+    # id and ids together are one list; the filters and limit apply as ever.
+    page = _search(
+        corpus,
+        "/search/similar",
+        id=corpus.id("red"),
+        ids=[corpus.id("blue"), corpus.id("red")],
+        limit=2,
+        filters={"tags_any": ["outdoor"]},
+    )
+    assert set(_names(corpus, page)) <= {"green", "yellow", "black"} and len(page["results"]) == 2
+
+
+def test_an_unknown_example_is_a_404_naming_it(corpus: Corpus) -> None:
+    for body in (
+        {"ids": [corpus.id("red"), "no-such-image"]},
+        {"ids": [corpus.id("red")], "negative_ids": ["no-such-image"]},
+    ):
+        response = corpus.client.post("/search/similar", json=body)
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "not_found"
+        assert "no-such-image" in response.json()["error"]["message"]
+
+
+_TERM = {"text": "cat"}
+QUERY_TERM_REFUSALS = [
+    pytest.param({"query": []}, "query", id="no-terms"),
+    pytest.param({"query": [_TERM] * 11}, "query", id="too-many-terms"),
+    pytest.param({"query": [{"text": "cat", "weight": -0.5}]}, "positive", id="no-positive"),
+    pytest.param({"query": [_TERM, {"text": "dog", "weight": 0}]}, "must not be 0", id="zero"),
+    pytest.param({"query": [{"text": "cat", "weight": 10.5}]}, "weight", id="too-heavy"),
+    pytest.param({"query": [{"text": "cat", "weight": -11}]}, "weight", id="too-light"),
+    pytest.param({"query": [{"text": "cat", "weight": "2"}]}, "weight", id="weight-string"),
+    pytest.param({"query": [{"text": "cat", "weight": True}]}, "weight", id="weight-bool"),
+    pytest.param({"query": [{"text": ""}]}, "text", id="empty-text"),
+    pytest.param({"query": [_TERM, {"text": "   ", "weight": -1}]}, "empty", id="blank-text"),
+    pytest.param({"query": [{"text": "x" * 1001}]}, "1000", id="text-too-long"),
+    pytest.param({"query": [{"text": "cat", "lang": "en"}]}, "lang", id="unknown-key"),
+    pytest.param({"query": [_TERM, {"text": "cat", "weight": -1}]}, "cancel", id="cancels-out"),
+    pytest.param({"query": 5}, "query", id="not-text"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), QUERY_TERM_REFUSALS)
+def test_bad_query_terms_are_422(corpus: Corpus, body: dict[str, Any], message: str) -> None:
+    response = corpus.client.post("/search/text", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+    assert message in response.json()["error"]["message"]
+
+
+def test_non_finite_weights_are_422(corpus: Corpus) -> None:
+    for token in ("NaN", "Infinity", "-Infinity"):
+        response = corpus.client.post(
+            "/search/text",
+            content=f'{{"query": [{{"text": "cat", "weight": {token}}}]}}'.encode(),
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 422, (token, response.text)
+        assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_bad_example_lists_are_422(corpus: Corpus) -> None:
+    red = corpus.id("red")
+    for body, message in [
+        ({}, "at least one"),
+        ({"ids": []}, "at least one"),
+        ({"negative_ids": [red]}, "at least one"),
+        ({"ids": [red], "negative_ids": [red]}, "both"),
+        ({"ids": [str(n) for n in range(33)]}, "ids"),
+        ({"ids": [red], "negative_ids": [""]}, "negative_ids"),
+        ({"ids": red}, "ids"),
+    ]:
+        response = corpus.client.post("/search/similar", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["error"]["code"] == "validation_error"
+        assert message in response.json()["error"]["message"], (body, response.text)
+
+
+# -- a query image is decoded only as far as the embedder looks ----------------------------
+
+
+TIE = 0.005
+
+
+def test_image_queries_rank_as_at_the_stored_size_by_upload_and_by_url(corpus: Corpus) -> None:
+    """A search query is decoded to the embedder's input side (32 for the tiny CLIP;
+    ImageLimits.for_query), not to the 512 a stored image keeps (what /embed-image/
+    decodes to). The ranking is the same, the scores nearly so, and a URL's image takes
+    the same path as an upload."""
+    info = serve.get_deployment_handle("Embedder", APP).info.remote().result()
+    assert info.input_side == 32
+    stored = {name: _embedding(corpus, corpus.data[name]) for name in NAMES}
+    for name in ("red", "blue", "yellow"):
+        spec = next(s for s in SPECS if s.name == name)
+        # Five times larger (red: 600 x 450), so that the two decodes differ (red: 512 x
+        # 384 against 42 x 32).
+        width, height = spec.size
+        big = Image.fromarray(_pixels(spec)).resize((width * 5, height * 5))
+        query = _encode(np.asarray(big), "JPEG", quality=85)
+        at_512 = _embedding(corpus, query)
+        expected = {n: float(at_512 @ vector) for n, vector in stored.items()}
+        by_image = corpus.client.post(
+            "/search/image", files={"file": ("q.jpg", query, "image/jpeg")}, data={"limit": "50"}
+        )
+        assert by_image.status_code == 200, by_image.text
+        with serving({"/q.jpg": (query, "image/jpeg")}) as base_url:
+            by_url = _search(corpus, "/search/url", url=f"{base_url}/q.jpg")
+        results = by_image.json()["results"]
+        names = _names(corpus, by_image.json())
+        assert names[0] == name
+        differences = [abs(r["score"] - expected[n]) for r, n in zip(results, names, strict=True)]
+        assert sorted(names) == sorted(NAMES)
+        assert max(differences) < TIE, name
+        # The same order, but for near ties (the tiny CLIP's space is crowded: most
+        # unrelated images score ~0.8): none further apart than TIE is swapped.
+        for earlier, later in itertools.combinations(names, 2):
+            assert expected[earlier] > expected[later] - TIE, (name, earlier, later)
+        # Not the stored size's vector: the query really took the smaller decode.
+        assert max(differences) > 1e-6, name
+        assert _names(corpus, by_url) == names
+        for url_hit, image_hit in zip(by_url["results"], results, strict=True):
+            assert url_hit["score"] == pytest.approx(image_hit["score"], abs=1e-5)

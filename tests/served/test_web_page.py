@@ -446,3 +446,58 @@ def test_search_page_in_a_browser(deployed: Deployed, browser: Any) -> None:
     assert error.inner_text().startswith("400 forbidden_address: ")
     assert not [p for p in problems if "status of 400" not in p], problems
     context.close()
+
+
+def test_not_field_and_more_like_these_in_a_browser(deployed: Deployed, browser: Any) -> None:
+    client = deployed.client
+    # Pictures of its own (new bytes), whatever the other browser test left behind.
+    for seed_no, colour in enumerate(COLOURS.values(), start=50):
+        added = client.post(
+            "/images", files={"file": (f"p{seed_no}.jpg", picture(colour, seed_no), "image/jpeg")}
+        )
+        assert added.status_code == 201, added.text
+    base = str(client.base_url).rstrip("/")
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.goto(f"{base}/")
+
+    # "But not": each comma-separated part a term weighing -0.5 against the query's 1.
+    page.fill("#query", "a colourful picture")
+    page.fill("#not-query", "people, a red umbrella ,people")
+    with page.expect_request(lambda r: r.url.endswith("/search/text")) as sent:
+        body = search_response(page, "/search/text", lambda: page.press("#query", "Enter"))
+    assert json.loads(sent.value.post_data)["query"] == [
+        {"text": "a colourful picture", "weight": 1},
+        {"text": "people", "weight": -0.5},
+        {"text": "a red umbrella", "weight": -0.5},
+    ]
+    assert_grid_shows(page, body)
+    assert "but not “people”, “a red umbrella”" in page.inner_text("#results-summary")
+    # Emptied, the plain query again.
+    page.fill("#not-query", "")
+    with page.expect_request(lambda r: r.url.endswith("/search/text")) as sent:
+        body = search_response(page, "/search/text", lambda: page.press("#query", "Enter"))
+    assert json.loads(sent.value.post_data)["query"] == "a colourful picture"
+    assert_grid_shows(page, body)
+
+    # Several results picked, then "More like these": none of them comes back.
+    assert not page.locator("#selection").is_visible()
+    boxes = page.locator("#results li.result .pick-box")
+    chosen = result_ids(page)[:3]
+    for index in range(3):
+        boxes.nth(index).check()
+    boxes.nth(2).uncheck()
+    assert page.locator("#selection").is_visible()
+    assert page.inner_text("#selection-count") == "2 selected"
+    assert page.locator("#results li.result.picked").count() == 2
+    with page.expect_request(lambda r: r.url.endswith("/search/similar")) as sent:
+        body = search_response(page, "/search/similar", lambda: page.click("#similar-selected"))
+    assert json.loads(sent.value.post_data)["ids"] == chosen[:2]
+    found = [r["image"]["id"] for r in body["results"]]
+    assert found and not set(chosen[:2]) & set(found)
+    assert_grid_shows(page, body)
+    # The selection was of the results it came from.
+    assert not page.locator("#selection").is_visible()
+    assert page.locator("#results .pick-box:checked").count() == 0
+    assert problems == []

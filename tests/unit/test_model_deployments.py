@@ -1,6 +1,7 @@
 """The model classes as plain Python objects under asyncio: batching, failure isolation,
 determinism, the embedding space and the public batch API. Serve's local testing mode cannot run
-`@serve.batch` in Ray 2.60, so the real-Ray path is in test_model_serving.py."""
+`@serve.batch` in Ray 2.60, so the real-Ray path is in test_model_serving.py. Every embedder
+test runs on each family: a tiny CLIP and a tiny SigLIP."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import torch
 
 from deployments.captioner import BlipCaptioner
 from deployments.contracts import InvalidModelInput
-from deployments.embedder import ClipEmbedder
+from deployments.embedder import DualEncoderEmbedder
 from deployments.settings import CaptionerSettings, EmbedderSettings, ModelSettings
-from tests.support.tiny_models import TINY_DIM
+from tests.support.tiny_models import TINY_DIM, TINY_SIGLIP_TEXT_TOKENS
 
 # A batch queue lives on the event loop that created it, as in a replica: one loop per module.
 pytestmark = [pytest.mark.usefixtures("plain_batching"), pytest.mark.asyncio(loop_scope="module")]
@@ -27,10 +28,15 @@ def _image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+@pytest.fixture(scope="module", params=["tiny_clip_dir", "tiny_siglip_dir"])
+def embedder_dir(request: pytest.FixtureRequest) -> Path:
+    return Path(request.getfixturevalue(request.param))
+
+
 @pytest.fixture(scope="module")
-def embedder(tiny_clip_dir: Path) -> Any:
-    return ClipEmbedder(
-        EmbedderSettings(model=ModelSettings(model_id=str(tiny_clip_dir), dtype="float32"))
+def embedder(embedder_dir: Path) -> Any:
+    return DualEncoderEmbedder(
+        EmbedderSettings(model=ModelSettings(model_id=str(embedder_dir), dtype="float32"))
     )
 
 
@@ -47,9 +53,9 @@ async def _gather(coros: list[Any]) -> list[Any]:
 
 
 class TestEmbedder:
-    async def test_reports_model_and_dimension(self, embedder: Any, tiny_clip_dir: Path) -> None:
+    async def test_reports_model_and_dimension(self, embedder: Any, embedder_dir: Path) -> None:
         info = embedder.info()
-        assert info.model_id == str(tiny_clip_dir)
+        assert info.model_id == str(embedder_dir)
         assert info.dim == TINY_DIM
         assert info.dtype == "float32"
 
@@ -83,11 +89,24 @@ class TestEmbedder:
         for vec in text_vecs:
             assert vec.shape == (TINY_DIM,)
             assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
-        # CLIP's own image-text logits are the scaled cosine of exactly these vectors.
-        inputs = embedder.processor(text=texts, images=[image], return_tensors="pt", padding=True)
+        # The model's own image-text logits are the scaled (CLIP; SigLIP: and shifted)
+        # cosine of exactly these vectors: on the embedder's pixels, and on texts
+        # tokenized as the model card says (SigLIP: padded to the maximum, no mask).
+        model = embedder.model
+        if embedder.family.name == "clip":
+            tokens = dict(embedder.processor(text=texts, return_tensors="pt", padding=True))
+        else:
+            encoded = embedder.processor(
+                text=texts,
+                return_tensors="pt",
+                padding="max_length",
+                max_length=TINY_SIGLIP_TEXT_TOKENS,
+            )
+            tokens = {"input_ids": encoded["input_ids"]}
         with torch.inference_mode():
-            out = embedder.model(**inputs)
-            expected = (out.logits_per_image / embedder.model.logit_scale.exp()).numpy()[0]
+            out = model(pixel_values=embedder._pixels([image]), **tokens)
+            bias = getattr(model, "logit_bias", torch.zeros(1))
+            expected = ((out.logits_per_image - bias) / model.logit_scale.exp()).numpy()[0]
         ours = np.array([image_vec @ vec for vec in text_vecs])
         np.testing.assert_allclose(ours, expected, atol=1e-4)
 
@@ -124,14 +143,14 @@ class TestEmbedder:
         # An item that passes validation but breaks the forward pass (e.g. a processor
         # corner case): the batch is retried item by item.
         poison = _image(99)
-        real = embedder.processor
+        real = embedder._pixels
 
-        def flaky(**kwargs: Any) -> Any:
-            if any(image is poison for image in kwargs.get("images") or []):
+        def flaky(images: Any) -> Any:
+            if any(image is poison for image in images):
                 raise RuntimeError("model blew up on this image")
-            return real(**kwargs)
+            return real(images)
 
-        monkeypatch.setattr(embedder, "processor", flaky)
+        monkeypatch.setattr(embedder, "_pixels", flaky)
         results = await _gather(
             [
                 embedder.embed_image(_image(1)),

@@ -1,5 +1,5 @@
-"""/search: by words (vector or hybrid), by an uploaded image, by a URL's image, and
-more like an indexed one.
+"""/search: by words (vector or hybrid, one text or weighted terms), by an uploaded
+image, by a URL's image, and more like indexed ones.
 
 No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
 run time.
@@ -75,15 +75,13 @@ def _options(body: SearchOptions | ImageSearchForm, runtime: Runtime) -> Service
 
 @router.post(
     "/search/text",
-    summary="Find images by words: CLIP vectors, or hybrid with keywords in captions",
+    summary="Find images by words (or weighted terms): vectors, or hybrid with caption keywords",
     **TEXT_ROUTE,
 )
 async def search_text(body: TextSearch, runtime: RuntimeDep) -> SearchResponse:
-    max_chars = runtime.args.search.max_query_chars
-    if len(body.query) > max_chars:
-        raise InvalidRequest(f"query longer than {max_chars} characters")
     options = _options(body, runtime)
-    outcome = await runtime.service.search_text(body.query, options, body.mode, body.alpha)
+    query = body.query if isinstance(body.query, str) else [t.to_term() for t in body.query]
+    outcome = await runtime.service.search_text(query, options, body.mode, body.alpha)
     return _results(outcome, "hybrid" if body.mode == "hybrid" else "text")
 
 
@@ -102,22 +100,23 @@ async def search_image(request: Request, runtime: RuntimeDep) -> SearchResponse:
             fields[name] = value
     body = deps.validated(ImageSearchForm, fields)
     options = _options(body, runtime)
-    image = await deps.decode_upload(form, runtime)
+    image = await deps.decode_upload(form, runtime, for_query=True)
     return _results(await runtime.service.search_image(image, options), "image")
 
 
 @router.post("/search/url", summary="Find images like a URL's", **URL_ROUTE)
 async def search_url(body: UrlSearch, runtime: RuntimeDep) -> SearchResponse:
     options = _options(body, runtime)
-    image = await deps.fetch_image(body.url, runtime)
+    image = await deps.fetch_image(body.url, runtime, for_query=True)
     return _results(await runtime.service.search_image(image, options), "url")
 
 
 @router.post(
     "/search/similar",
     response_model=SearchResponse,
-    summary="More like this: images similar to an indexed one (never itself)",
+    summary="More like these: images similar to indexed ones (never those given)",
 )
 async def search_similar(body: SimilarSearch, runtime: RuntimeDep) -> SearchResponse:
     options = _options(body, runtime)
-    return _results(await runtime.service.search_similar(body.id, options), "similar")
+    outcome = await runtime.service.search_similar(body.example_ids(), options, body.negative_ids)
+    return _results(outcome, "similar")

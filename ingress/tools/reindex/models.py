@@ -115,10 +115,10 @@ class Embedder:
 
     @classmethod
     async def load(cls, settings: EmbedderSettings) -> Embedder:
-        from deployments.embedder import ClipEmbedder
+        from deployments.embedder import DualEncoderEmbedder
 
         try:
-            return cls(await asyncio.to_thread(ClipEmbedder, settings))
+            return cls(await asyncio.to_thread(DualEncoderEmbedder, settings))
         except RuntimeError as e:
             raise UsageError(f"cannot load the embedder: {e}") from e
 
