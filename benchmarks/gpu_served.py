@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,7 @@ from benchmarks.suite import (
     cpu_seconds,
     deploy,
     machine_busy_s,
+    naive_seed_server,
     own_busy_s,
     percentile,
     photos,
@@ -259,24 +259,8 @@ class Comparison:
 async def naive_search(
     blip: Path, clip: Path, clients: int, warmup_s: float, window_s: float
 ) -> Load:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.naive_seed",
-        "--blip",
-        str(blip),
-        "--clip",
-        str(clip),
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-    ]
-    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        await wait_healthy(base, 300)
+    # float32, one CLIP call per request: the seed as it was.
+    async with naive_seed_server(blip, clip, "float32") as (base, _):
         return await closed_loop(
             base,
             clients,
@@ -286,9 +270,6 @@ async def naive_search(
             {200},
             drain=False,
         )
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 async def compare_threads(args: argparse.Namespace) -> Comparison:

@@ -42,7 +42,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,9 +354,12 @@ class NaiveRun:
     peak_rss_mib: float
 
 
-async def run_naive(
-    blip: Path, clip: Path, dtype: str, mode: Mode, images: list[bytes], max_new_tokens: int
-) -> NaiveRun:
+@asynccontextmanager
+async def naive_seed_server(
+    blip: Path, clip: Path, dtype: str, *extra: str
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """The naive seed (benchmarks/naive_seed.py) on a free port, healthy: its base URL
+    and process; stopped on exit."""
     port = free_port()
     command = [
         sys.executable,
@@ -369,13 +373,27 @@ async def run_naive(
         str(port),
         "--dtype",
         dtype,
-        "--max-new-tokens",
-        str(max_new_tokens),
+        *extra,
     ]
     process = await asyncio.create_subprocess_exec(*command, cwd=ROOT)
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_healthy(base, 300)
+        yield base, process
+    finally:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=30)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def run_naive(
+    blip: Path, clip: Path, dtype: str, mode: Mode, images: list[bytes], max_new_tokens: int
+) -> NaiveRun:
+    extra = ("--max-new-tokens", str(max_new_tokens))
+    async with naive_seed_server(blip, clip, dtype, *extra) as (base, process):
         load = await closed_loop(
             base,
             mode.clients,
@@ -387,13 +405,6 @@ async def run_naive(
         )
         say(f"naive {dtype}: {load.rate:.2f}/s, {len(load.errors)} errors")
         return NaiveRun(dtype, load, peak_rss_mib(process.pid))
-    finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=30)
-        except asyncio.TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 # -- served --------------------------------------------------------------------------
